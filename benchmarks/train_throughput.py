@@ -1,0 +1,158 @@
+"""Training images/s: the project's step vs the textbook loop vs the pure compute ceiling.
+
+  python benchmarks/train_throughput.py [--data DIR] [--steps 100] [--repeats 3]
+
+(a) project: training.engine.train_one_epoch over on-device uint8 data, batch augmentation,
+    autocast (bf16 where the CPU has it) and channels_last, exactly as `python -m training` runs;
+(b) reference: torchvision ImageFolder + per-image transforms + DataLoader (2 workers) + fp32 eager;
+(c) ceiling: the project's forward/backward/step on random tensors already in memory.
+Each is measured `--repeats` times, interleaved, and the median is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig  # noqa: E402
+from training.data import CIFAR_BATCHES, DataError, detect_layout, load_split  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
+from training.model import SimpleCNN  # noqa: E402
+from training.runtime import amp_dtype, autocast, describe_device, precision_name  # noqa: E402
+from training.train import build_optimizer  # noqa: E402
+
+
+def project_img_s(images, labels, batch, steps, amp, device) -> float:
+    cfg = TrainConfig(batch_size=batch)
+    model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    opt, sched = build_optimizer(cfg, model, steps)
+    mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
+    n = batch * steps
+    sub_x, sub_y = images[:n].to(device), labels[:n].to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    kw = dict(batch_size=batch, mean=mean, std=std, amp=amp, generator=g)
+    train_one_epoch(model, opt, sched, sub_x[:batch * 10], sub_y[:batch * 10], **kw)  # warm-up
+    return train_one_epoch(model, opt, sched, sub_x, sub_y, **kw)["img_s"]
+
+
+def ceiling_img_s(batch, steps, amp, device) -> float:
+    model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    opt, _ = build_optimizer(TrainConfig(batch_size=batch), model, steps)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with autocast(device, amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(10):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def reference_img_s(data: Path, batch, steps, device) -> float:
+    """The textbook loop: per-image PIL transforms in DataLoader workers, fp32, NCHW."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4),
+        transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    if detect_layout(data) == "cifar":
+        ds = datasets.CIFAR10(str(data), train=True, transform=tf)
+    else:
+        ds = datasets.ImageFolder(str(data / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2,
+                                         pin_memory=device.type == "cuda", drop_last=True)
+    model = SimpleCNN().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    warmup, seen, start = 10, 0, 0.0
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            seen += x.shape[0]
+        if i == warmup + steps - 1:
+            break
+    _sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.environ.get("CIFAR10_DATA", "./data"),
+                   help=f"ImageFolder tree or folder with {CIFAR_BATCHES}/ (default $CIFAR10_DATA or ./data)")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    p.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--no-cuda", action="store_true")
+    args = p.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    amp = amp_dtype("auto", device)
+    try:
+        train = load_split(args.data, "train")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"device: {describe_device(device)}; project precision {precision_name(amp)} + channels_last; "
+          f"{args.steps} steps per measurement, median of {args.repeats}")
+    rows, figures = [], {}
+    for batch in args.batch_sizes:
+        runs = {"project": [], "reference": [], "ceiling": []}
+        for _ in range(args.repeats):
+            runs["project"].append(project_img_s(train.images, train.labels, batch, args.steps, amp, device))
+            runs["ceiling"].append(ceiling_img_s(batch, args.steps, amp, device))
+            runs["reference"].append(reference_img_s(Path(args.data), batch, args.steps, device))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        suffix = "" if batch == 64 else f"_{batch}"
+        figures.update({
+            f"project_img_s{suffix}": round(med["project"], 1),
+            f"reference_img_s{suffix}": round(med["reference"], 1),
+            f"ceiling_img_s{suffix}": round(med["ceiling"], 1),
+            f"ratio{suffix}": round(med["project"] / med["reference"], 3),
+            f"project_vs_ceiling{suffix}": round(med["project"] / med["ceiling"], 3),
+        })
+        rows.append((batch, med["project"], med["reference"], med["ceiling"]))
+    print(f"\n{'batch':>5} | {'project img/s':>13} | {'textbook img/s':>14} | {'ratio':>6} | "
+          f"{'ceiling img/s':>13} | {'project/ceiling':>15}")
+    print("-" * 82)
+    for batch, proj, ref, ceil in rows:
+        print(f"{batch:>5} | {proj:>13,.0f} | {ref:>14,.0f} | {proj / ref:>5.2f}x | {ceil:>13,.0f} | "
+              f"{100 * proj / ceil:>14.1f}%")
+    figures.update({"device": describe_device(device), "precision": precision_name(amp)})
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

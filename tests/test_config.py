@@ -1,0 +1,38 @@
+import pytest
+
+from training.config import RECIPES, ConfigError, TrainConfig
+
+
+def test_defaults_are_the_design_report_recipe():
+    cfg = TrainConfig()
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.epochs) == ("adam", 1e-3, 0.0, 20)
+    assert (cfg.schedule, cfg.step_size, cfg.gamma, cfg.label_smoothing) == ("step", 10, 0.1, 0.0)
+    assert cfg.resolved_batch_size(on_cuda=False) == 64
+    assert cfg.resolved_batch_size(on_cuda=True) == 128
+
+
+def test_recipe_then_explicit_overrides():
+    cfg = TrainConfig.for_recipe("fast", lr=0.05)
+    assert cfg.recipe == "fast" and cfg.lr == 0.05
+    assert cfg.optimizer == RECIPES["fast"]["optimizer"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"bogus": 1}, "unknown config option"),
+    ({"epochs": 2.5}, "epochs must be int"),
+    ({"lr": "0.1"}, "lr must be float"),
+    ({"flip": 1}, "flip must be bool"),
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"batch_size": -4}, "batch_size must be positive"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ({"label_smoothing": 1.5}, "label_smoothing"),
+    ({"recipe": "turbo"}, "unknown recipe"),
+])
+def test_bad_values_are_rejected(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(bad)
+
+
+def test_round_trip_through_dict():
+    cfg = TrainConfig.for_recipe("fast", seed=3)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

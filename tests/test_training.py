@@ -1,0 +1,182 @@
+"""The training stage end to end on a small real subset of CIFAR-10."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from training import io as tio
+from training.checkpoint import build_model, load_checkpoint
+from training.train import get_args_parser, main
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*argv: str) -> int:
+    return main(get_args_parser().parse_args(list(argv)))
+
+
+def _history(path: Path) -> list[dict]:
+    # Timing fields differ between runs; everything else must not.
+    return [{k: v for k, v in h.items() if k not in ("seconds", "img_s")}
+            for h in json.loads((path / "history.json").read_text())]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def trained(real_subset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run3")
+    assert run_cli("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
+                   "--checkpoint-dir", str(out), "--quiet") == 0
+    return out
+
+
+def test_short_run_learns_and_writes_every_output(trained):
+    for name in ("best.pt", "last.pt", "history.json", "training_curves.png", "confusion_matrix.png", "results.md"):
+        assert (trained / name).stat().st_size > 0, name
+    history = json.loads((trained / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(h["samples"] == 600 and h["img_s"] > 0 for h in history)
+    results = (trained / "results.md").read_text()
+    for field in ("Device", "Training Time", "Peak Memory Usage", "Final Training Accuracy",
+                  "Final Validation Accuracy", "Best Validation Accuracy", "Final Training Loss",
+                  "Final Validation Loss", "Per-class test accuracy"):
+        assert field in results, field
+
+
+def test_best_checkpoint_is_self_describing(trained):
+    ckpt = load_checkpoint(trained / "best.pt")
+    assert ckpt["classes"][0] == "airplane" and len(ckpt["classes"]) == 10
+    assert ckpt["normalization"]["mean"] == [0.4914, 0.4822, 0.4465]
+    assert ckpt["config"]["optimizer"] == "adam" and ckpt["config"]["epochs"] == 3
+    metrics = ckpt["metrics"]
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_images"] == 300
+    assert metrics["epoch"] == max(json.loads((trained / "history.json").read_text()),
+                                   key=lambda h: h["val_acc"])["epoch"]
+    model = build_model(ckpt).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_same_flags_give_the_same_history(trained, real_subset, tmp_path):
+    assert run_cli("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
+                   "--checkpoint-dir", str(tmp_path), "--quiet") == 0
+    assert _history(tmp_path) == _history(trained)
+    assert _same_weights(tmp_path / "last.pt", trained / "last.pt")
+
+
+def test_resume_reaches_the_uninterrupted_result(trained, real_subset, tmp_path):
+    assert run_cli("--data", str(real_subset), "--epochs", "1", "--batch-size", "32",
+                   "--checkpoint-dir", str(tmp_path), "--quiet") == 0
+    assert run_cli("--resume", str(tmp_path / "last.pt"), "--epochs", "3", "--quiet") == 0
+    assert _history(tmp_path) == _history(trained)
+    assert _same_weights(tmp_path / "last.pt", trained / "last.pt")
+    assert _same_weights(tmp_path / "best.pt", trained / "best.pt")
+
+
+def test_resume_rejects_a_changed_hyperparameter(trained, capsys):
+    assert run_cli("--resume", str(trained / "last.pt"), "--lr", "0.5", "--quiet") == 2
+    assert "--lr 0.5 differs from the checkpoint's 0.001" in capsys.readouterr().err
+
+
+def test_eval_only_reproduces_the_stored_test_accuracy(trained, real_subset, capsys):
+    assert run_cli("--eval-only", str(trained / "best.pt"), "--data", str(real_subset)) == 0
+    out = capsys.readouterr().out
+    acc = load_checkpoint(trained / "best.pt")["metrics"]["test_acc"]
+    assert f"test accuracy {100 * acc:.2f}%" in out
+    assert "airplane" in out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p, src: None, "does not exist"),
+    (lambda p, src: p.write_bytes(src.read_bytes()[: src.stat().st_size // 2]), "not a readable checkpoint"),
+    (lambda p, src: p.write_text("hello"), "not a readable checkpoint"),
+    (lambda p, src: torch.save({"weights": 1}, p), "not a cifar10-service checkpoint"),
+    (lambda p, src: torch.save({**torch.load(src, weights_only=True), "arch": "ResNet18"}, p), "ResNet18"),
+    (lambda p, src: torch.save({**torch.load(src, weights_only=True), "model_args": {"num_classes": 5}}, p),
+     "does not fit SimpleCNN with 5 classes"),
+])
+def test_bad_checkpoints_are_one_clear_error(trained, real_subset, tmp_path, capsys, make, message):
+    path = tmp_path / "ckpt.pt"
+    make(path, trained / "best.pt")
+    assert run_cli("--eval-only", str(path), "--data", str(real_subset)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(trained, monkeypatch):
+    target = trained / "best.pt"
+    before = target.read_bytes()
+
+    def torn_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tio.torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        tio.atomic_torch_save({"model": {}}, target)
+    assert target.read_bytes() == before
+    assert not [p for p in trained.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_val_split_holds_out_training_images_and_tests_once(real_subset, tmp_path):
+    assert run_cli("--data", str(real_subset), "--epochs", "1", "--val-split", "100", "--batch-size", "32",
+                   "--checkpoint-dir", str(tmp_path), "--quiet") == 0
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["provenance"]["dataset"]["train_images"] == 500
+    assert ckpt["provenance"]["dataset"]["val_images"] == 100
+    assert json.loads((tmp_path / "history.json").read_text())[0]["samples"] == 500
+    results = (tmp_path / "results.md").read_text()
+    assert "100 images held out of the training split" in results and "Test Accuracy of best.pt" in results
+
+
+def test_fast_recipe_runs(real_subset, tmp_path):
+    assert run_cli("--data", str(real_subset), "--recipe", "fast", "--epochs", "2", "--batch-size", "64",
+                   "--checkpoint-dir", str(tmp_path), "--quiet") == 0
+    cfg = load_checkpoint(tmp_path / "best.pt")["config"]
+    assert cfg["recipe"] == "fast" and cfg["optimizer"] == "sgd" and cfg["tta_flip"] is True
+    lrs = [h["lr"] for h in json.loads((tmp_path / "history.json").read_text())]
+    assert lrs[0] < cfg["lr"]  # OneCycle starts below its peak
+
+
+def test_ctrl_c_saves_last_and_resume_finishes_the_same(real_subset, tmp_path):
+    out, ref = tmp_path / "interrupted", tmp_path / "reference"
+    base = ["--data", str(real_subset), "--batch-size", "32", "--limit-train", "200", "--quiet"]
+    cmd = [str(Path(sys.executable).parent / "cifar10-train"), *base, "--epochs", "200", "--checkpoint-dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "history.json").exists():
+            time.sleep(0.2)
+        assert (out / "history.json").exists(), "no epoch finished in time"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    done = load_checkpoint(out / "last.pt")["epoch"]
+    assert done >= 1
+    assert run_cli("--resume", str(out / "last.pt"), "--epochs", str(done + 1)) == 0
+    assert run_cli(*base, "--epochs", str(done + 1), "--checkpoint-dir", str(ref)) == 0
+    assert _same_weights(out / "last.pt", ref / "last.pt")
+    assert _history(out) == _history(ref)
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "cifar10-train"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--val-split" in proc.stdout and "--recipe" in proc.stdout

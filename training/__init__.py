@@ -1,0 +1,1 @@
+"""Training stage: SimpleCNN on CIFAR-10 (python -m training --help)."""

@@ -1,0 +1,104 @@
+"""What a run leaves for people: history.json, curves, confusion matrix, results.md."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_json(out_dir / "history.json", history)
+
+
+def _save_figure(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    axes[0].set_title("Loss")
+    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    axes[1].plot(epochs, [100 * h["val_acc"] for h in history], "o-", label="validation")
+    axes[1].set_title("Accuracy (%)")
+    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
+    axes[2].set_title("Learning rate (at epoch start)")
+    axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[1].legend()
+    fig.tight_layout()
+    _save_figure(fig, out_dir / "training_curves.png")
+
+
+def plot_confusion(out_dir: Path, confusion: torch.Tensor, classes: list[str], title: str) -> None:
+    c = confusion.float()
+    rates = c / c.sum(1, keepdim=True).clamp(min=1)
+    size = max(6.0, 0.6 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save_figure(fig, out_dir / "confusion_matrix.png")
+
+
+def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    totals = confusion.sum(1).clamp(min=1)
+    return {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(classes)}
+
+
+def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, float]) -> None:
+    """results.md: the design report's "Results and Analysis" fields, filled in."""
+    s = summary
+    lines = [
+        "# Training results",
+        "",
+        f"- **Device**: {s['device']}; precision {s['precision']}; batch size {s['batch_size']}",
+        f"- **Recipe**: {s['recipe']} ({s['epochs_run']} epochs)",
+        f"- **Training Time**: {s['train_seconds'] / 60:.2f} minutes ({s['train_seconds']:.1f} s)",
+        f"- **Peak Memory Usage**: {s['peak_rss_mib'] / 1024:.2f} GB resident"
+        + (f", {s['peak_gpu_mib'] / 1024:.2f} GB GPU" if "peak_gpu_mib" in s else ""),
+        "",
+        "## Model performance",
+        "",
+        f"- **Final Training Accuracy**: {100 * s['final_train_acc']:.2f}%",
+        f"- **Final Validation Accuracy**: {100 * s['final_val_acc']:.2f}%",
+        f"- **Best Validation Accuracy**: {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']})",
+        f"- **Final Training Loss**: {s['final_train_loss']:.4f}",
+        f"- **Final Validation Loss**: {s['final_val_loss']:.4f}",
+        f"- **Test Accuracy of best.pt**: {100 * s['test_acc']:.2f}% (fp32{', flip TTA' if s['tta_flip'] else ''}, "
+        f"{s['test_images']} test images)",
+        f"- Validation set: {s['val_source']}",
+        "",
+        "## Per-class test accuracy (best.pt)",
+        "",
+        "| class | accuracy |",
+        "|---|---|",
+        *[f"| {name} | {100 * acc:.1f}% |" for name, acc in per_class.items()],
+        "",
+        "Curves: `training_curves.png`; confusion matrix: `confusion_matrix.png`; per epoch: `history.json`.",
+        "",
+    ]
+    atomic_write_text(out_dir / "results.md", "\n".join(lines))
