@@ -31,10 +31,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types on a torn or foreign file
         if "Weights only load failed" in str(exc):
-            raise CheckpointError(f"{path} holds Python objects beyond tensors and plain containers; refusing to "
-                                  f"unpickle it (this project's checkpoints load with weights_only=True)") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
+            why = "it holds Python objects beyond tensors and plain containers, refused by weights_only=True"
+        else:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = f"truncated or not a torch file ({detail})"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} is not a cifar10-service checkpoint (no model weights and config)")
     if ckpt.get("arch") != ARCH:

@@ -1,0 +1,1 @@
+"""Export stage: a checkpoint -> TorchScript + ONNX artifacts that carry their own preprocessing."""

@@ -1,0 +1,64 @@
+"""Eager vs TorchScript vs ONNX Runtime on the same real images: the export's acceptance test."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 [N,32,32,3] -> (logits, probs)
+
+
+def torch_runner(module: torch.nn.Module) -> Runner:
+    @torch.no_grad()
+    def run(images: np.ndarray):
+        logits, probs = module(torch.from_numpy(images))
+        return logits.numpy(), probs.numpy()
+    return run
+
+
+def onnx_runner(path: str, threads: int = 0) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def run(images: np.ndarray):
+        logits, probs = session.run(["logits", "probabilities"], {"image": images})
+        return logits, probs
+    return run
+
+
+def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
+            reference: str = "eager", batch_size: int = 500) -> dict[str, Any]:
+    """Per runner: accuracy; per non-reference runner: max |Δlogit|, max |Δprob|, top-1 agreement."""
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, run in runners.items():
+        parts = [run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        outputs[name] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    ref_logits, ref_probs = outputs[reference]
+    report: dict[str, Any] = {"images": int(len(images)), "reference": reference, "artifacts": {}}
+    for name, (logits, probs) in outputs.items():
+        entry = {"accuracy": float((logits.argmax(1) == labels).mean())}
+        if name != reference:
+            entry.update({
+                "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+                "max_abs_prob_diff": float(np.abs(probs - ref_probs).max()),
+                "top1_agreement": float((logits.argmax(1) == ref_logits.argmax(1)).mean()),
+                "prob_sum_max_error": float(np.abs(probs.sum(1) - 1).max()),
+            })
+        report["artifacts"][name] = entry
+    return report
+
+
+def failures(report: dict[str, Any], tolerance: float) -> list[str]:
+    out = []
+    for name, entry in report["artifacts"].items():
+        if name == report["reference"]:
+            continue
+        if entry["max_abs_logit_diff"] > tolerance:
+            out.append(f"{name}: max |Δlogit| {entry['max_abs_logit_diff']:.2e} > {tolerance:.0e}")
+        if entry["top1_agreement"] < 1.0:
+            out.append(f"{name}: top-1 disagrees on {round((1 - entry['top1_agreement']) * report['images'])} images")
+    return out

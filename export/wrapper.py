@@ -1,0 +1,37 @@
+"""The deployable graph: decoded uint8 images in, logits and probabilities out.
+
+Normalization (and, for recipes that use it, flip test-time augmentation) lives inside the
+graph, so a server only decodes, converts to RGB and resizes: it never re-implements them.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """uint8 [N, H, W, 3] RGB (HWC, as decoded) -> (logits [N, C], probabilities [N, C])."""
+
+    def __init__(self, model: nn.Module, mean: List[float], std: List[float], image_size: int = 32,
+                 tta_flip: bool = False):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.tta_flip = tta_flip
+        # [1, 3, 1, 1] so they broadcast over NCHW.
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if image.dtype != torch.uint8:
+            raise ValueError("image must be uint8 [N, H, W, 3]")
+        if image.dim() != 4 or image.shape[1] != self.image_size or image.shape[2] != self.image_size \
+                or image.shape[3] != 3:
+            raise ValueError("image must have shape [N, 32, 32, 3] (RGB, HWC)")
+        x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [N, H, W, 3] -> [N, 3, H, W]
+        logits = self.model(x)
+        if self.tta_flip:
+            logits = (logits + self.model(x.flip(3))) * 0.5
+        return logits, torch.softmax(logits, dim=1)

@@ -1,0 +1,172 @@
+"""The export stage on a checkpoint trained briefly on real CIFAR-10 images."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import ROOT
+from export.cli import get_args_parser, main
+from training.checkpoint import load_checkpoint
+from training.train import get_args_parser as train_parser, main as train_main
+
+pytestmark = pytest.mark.slow
+
+
+def export(*argv: str) -> int:
+    return main(get_args_parser().parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, real_subset) -> Path:
+    out = tmp_path_factory.mktemp("export-train")
+    argv = ["--data", str(real_subset), "--epochs", "2", "--batch-size", "32", "--checkpoint-dir", str(out), "--quiet"]
+    assert train_main(train_parser().parse_args(argv)) == 0
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def shared_data():
+    from conftest import SHARED_CIFAR
+    if not (SHARED_CIFAR / "test").is_dir():
+        pytest.skip("the shared CIFAR-10 copy is needed for 1,000+ parity images")
+    return SHARED_CIFAR
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, checkpoint, shared_data) -> Path:
+    out = tmp_path_factory.mktemp("artifacts")
+    assert export("--checkpoint", str(checkpoint), "--out", str(out), "--data", str(shared_data),
+                  "--parity-images", "1000", "--quiet") == 0
+    return out
+
+
+def test_artifacts_and_parity_report(artifacts):
+    assert sorted(p.name for p in artifacts.iterdir()) == [
+        "export_report.json", "metadata.json", "model.onnx", "model.ts"]
+    report = json.loads((artifacts / "export_report.json").read_text())
+    assert report["images"] == 1000 and report["passed"] is True
+    for name in ("torchscript", "onnxruntime"):
+        entry = report["artifacts"][name]
+        assert entry["max_abs_logit_diff"] <= 1e-4
+        assert entry["max_abs_prob_diff"] <= 1e-4
+        assert entry["top1_agreement"] == 1.0
+        assert entry["accuracy"] == report["artifacts"]["eager"]["accuracy"]
+
+
+def test_onnx_is_valid_and_carries_metadata(artifacts, checkpoint):
+    import onnx
+    model = onnx.load(str(artifacts / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    props = ort.InferenceSession(str(artifacts / "model.onnx")).get_modelmeta().custom_metadata_map
+    ckpt = load_checkpoint(checkpoint)
+    assert json.loads(props["classes"]) == ckpt["classes"]
+    assert json.loads(props["normalization"]) == {"mean": ckpt["normalization"]["mean"],
+                                                  "std": ckpt["normalization"]["std"]}
+    assert json.loads(props["input"])["shape"] == [-1, 32, 32, 3]
+    assert json.loads(props["source_checkpoint"])["sha256"] == json.loads(
+        (artifacts / "metadata.json").read_text())["source_checkpoint"]["sha256"]
+    assert json.loads(props["metrics"])["test_acc"] == ckpt["metrics"]["test_acc"]
+    for key in ("training_config", "versions", "exported_at"):
+        assert key in props
+
+
+def test_graphs_take_uint8_hwc_and_match_the_trainer(artifacts, checkpoint, real_subset):
+    """Normalization inside the graph gives what the trainer's evaluation computed."""
+    from training.checkpoint import build_model
+    from training.config import CIFAR10_MEAN, CIFAR10_STD
+    from training.data import load_split
+    from training.engine import predict_logits
+
+    test = load_split(real_subset, "test")
+    model = build_model(load_checkpoint(checkpoint)).eval()
+    expected = predict_logits(model, test.images, mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
+    session = ort.InferenceSession(str(artifacts / "model.onnx"))
+    logits, probs = session.run(None, {"image": test.images.numpy()})
+    assert np.abs(logits - expected.numpy()).max() < 1e-4
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_dynamic_batch(artifacts, n):
+    images = np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(artifacts / "model.onnx"))
+    logits, probs = session.run(None, {"image": images})
+    scripted = torch.jit.load(str(artifacts / "model.ts"))
+    ts_logits, ts_probs = scripted(torch.from_numpy(images))
+    assert logits.shape == probs.shape == (n, 10) == tuple(ts_logits.shape)
+    assert np.abs(logits - ts_logits.detach().numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((2, 32, 32, 3), dtype=np.float32),   # wrong dtype
+    np.zeros((2, 3, 32, 32), dtype=np.uint8),     # CHW instead of HWC
+    np.zeros((2, 64, 64, 3), dtype=np.uint8),     # not resized
+])
+def test_graphs_reject_wrong_input(artifacts, bad):
+    session = ort.InferenceSession(str(artifacts / "model.onnx"))
+    with pytest.raises(Exception, match="(?i)invalid|type|dimension|index"):
+        session.run(None, {"image": bad})
+    with pytest.raises(Exception, match="image must"):
+        torch.jit.load(str(artifacts / "model.ts"))(torch.from_numpy(bad))
+
+
+def test_failed_parity_leaves_previous_artifacts(artifacts, checkpoint, shared_data, capsys):
+    before = {p.name: p.read_bytes() for p in artifacts.iterdir()}
+    # A tolerance nothing can meet stands in for a broken graph.
+    assert export("--checkpoint", str(checkpoint), "--out", str(artifacts), "--data", str(shared_data),
+                  "--parity-images", "1000", "--tolerance", "-1", "--quiet") == 1
+    assert "export rejected" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in artifacts.iterdir()} == before
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p, src: None, "does not exist"),
+    (lambda p, src: p.write_bytes(b"\x00" * 100), "not a readable checkpoint"),
+    (lambda p, src: torch.save({**torch.load(src, weights_only=True), "arch": "ResNet18"}, p), "ResNet18"),
+    (lambda p, src: torch.save({**torch.load(src, weights_only=True), "model_args": {"num_classes": 100}}, p),
+     "does not fit SimpleCNN with 100 classes"),
+])
+def test_bad_checkpoint_exits_2_and_writes_nothing(tmp_path, checkpoint, shared_data, make, message):
+    bad = tmp_path / "bad.pt"
+    make(bad, checkpoint)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(bad), "--out", str(out),
+                           "--data", str(shared_data)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_folder(tmp_path, checkpoint, shared_data, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert export("--checkpoint", str(checkpoint), "--out", str(blocker / "sub"), "--data", str(shared_data)) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_bentoml_store(artifacts, checkpoint, shared_data, tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    cmd = [sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a"),
+           "--data", str(shared_data), "--parity-images", "1000", "--bentoml", "--quiet"]
+    tags = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        tags.append(proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1])
+    assert tags[0] != tags[1] and all(t.startswith("cifar10-simplecnn:") for t in tags)
+    probe = ("import bentoml, json; m = bentoml.models.get('cifar10-simplecnn:latest'); "
+             "print(json.dumps({'tag': str(m.tag), 'labels': m.info.labels, 'classes': m.info.metadata['classes'], "
+             "'files': sorted(p.name for p in __import__('pathlib').Path(m.path).iterdir())}))")
+    info = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                                     timeout=120, check=True).stdout)
+    assert info["tag"] == tags[1]
+    assert info["labels"]["dataset"] == "cifar10" and len(info["classes"]) == 10
+    assert {"model.onnx", "model.ts", "metadata.json"} <= set(info["files"])
