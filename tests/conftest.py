@@ -60,3 +60,84 @@ def real_subset(tmp_path_factory) -> Path:
             for src in sorted(class_dir.glob("*.jpg"))[:n]:
                 (dst / src.name).symlink_to(src.resolve())
     return root
+
+
+@pytest.fixture(scope="session")
+def brief_checkpoint(tmp_path_factory, real_subset) -> Path:
+    """best.pt of 2 epochs on the real subset: a real, if weak, model for export and serving."""
+    from training.train import get_args_parser, main
+
+    out = tmp_path_factory.mktemp("brief-train")
+    argv = ["--data", str(real_subset), "--epochs", "2", "--batch-size", "32", "--checkpoint-dir", str(out), "--quiet"]
+    assert main(get_args_parser().parse_args(argv)) == 0
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def bento_home(tmp_path_factory, brief_checkpoint) -> Path:
+    """A temporary BENTOML_HOME holding cifar10-simplecnn:latest, exported from brief_checkpoint."""
+    import subprocess
+    import sys
+
+    if not (SHARED_CIFAR / "test").is_dir():
+        pytest.skip("the shared CIFAR-10 copy is needed for the export's parity check")
+    home = tmp_path_factory.mktemp("bentoml-home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(brief_checkpoint), "--out",
+                           str(home / "artifacts"), "--data", str(SHARED_CIFAR), "--parity-images", "1000",
+                           "--bentoml", "--quiet"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `bentoml serve` subprocess on a free loopback port, stopped by its process group."""
+
+    def __init__(self, target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"serve-{self.port}.log"
+        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
+        bentoml_cli = Path(sys.executable).parent / "bentoml"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(bentoml_cli), "serve", target, "--host", "127.0.0.1", "--port",
+                                          str(self.port)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"bentoml serve did not become ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

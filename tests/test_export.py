@@ -15,7 +15,6 @@ import torch
 from conftest import ROOT
 from export.cli import get_args_parser, main
 from training.checkpoint import load_checkpoint
-from training.train import get_args_parser as train_parser, main as train_main
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +24,8 @@ def export(*argv: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, real_subset) -> Path:
-    out = tmp_path_factory.mktemp("export-train")
-    argv = ["--data", str(real_subset), "--epochs", "2", "--batch-size", "32", "--checkpoint-dir", str(out), "--quiet"]
-    assert train_main(train_parser().parse_args(argv)) == 0
-    return out / "best.pt"
+def checkpoint(brief_checkpoint) -> Path:
+    return brief_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def run_cli(*argv: str) -> int:
 
 def _history(path: Path) -> list[dict]:
     # Timing fields differ between runs; everything else must not.
-    return [{k: v for k, v in h.items() if k not in ("seconds", "img_s")}
+    return [{k: v for k, v in h.items() if k not in ("seconds", "img_s", "epoch_seconds")}
             for h in json.loads((path / "history.json").read_text())]
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from serving.preprocess import RESIZE_FILTER, prepare
 
 from .config import IMAGE_SIZE
 from .io import atomic_torch_save
@@ -27,9 +29,7 @@ LAYOUTS = (
     f"root ({CIFAR_BATCHES}/, use --download to fetch it)"
 )
 # Bump when decoding changes, so caches made by older code are never reused.
-CACHE_FORMAT = 1
-# How every image of another size becomes 32x32; the service documents and uses the same filter.
-RESIZE_FILTER = Image.Resampling.BILINEAR
+CACHE_FORMAT = 2
 
 
 class DataError(Exception):
@@ -47,13 +47,9 @@ class Split:
 
 
 def load_image(path: Path | str) -> np.ndarray:
-    """Decode one file to uint8 [32, 32, 3] RGB: EXIF orientation applied, resized if needed."""
+    """Decode one file to uint8 [32, 32, 3] RGB exactly as the service decodes an upload."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("RGB")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), RESIZE_FILTER)
-        return np.asarray(im, dtype=np.uint8)
+        return prepare(im, IMAGE_SIZE)
 
 
 def detect_layout(root: Path) -> str:

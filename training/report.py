@@ -77,7 +77,8 @@ def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, f
         "",
         f"- **Device**: {s['device']}; precision {s['precision']}; batch size {s['batch_size']}",
         f"- **Recipe**: {s['recipe']} ({s['epochs_run']} epochs)",
-        f"- **Training Time**: {s['train_seconds'] / 60:.2f} minutes ({s['train_seconds']:.1f} s)",
+        f"- **Training Time**: {s['train_seconds'] / 60:.2f} minutes ({s['train_seconds']:.1f} s, "
+        "training and per-epoch validation)",
         f"- **Peak Memory Usage**: {s['peak_rss_mib'] / 1024:.2f} GB resident"
         + (f", {s['peak_gpu_mib'] / 1024:.2f} GB GPU" if "peak_gpu_mib" in s else ""),
         "",

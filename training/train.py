@@ -260,9 +260,11 @@ def train(args: argparse.Namespace) -> int:
     say(f"training SimpleCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {len(train_set):,} "
         f"images, {len(classes)} classes | {describe_device(device)}, {precision_name(amp)}, batch {batch_size}, "
         f"recipe {cfg.recipe} | validation: {val_source}")
-    epoch = start_epoch - 1
+    if resume_ckpt is None:
+        save_last(0)  # so that an interrupt during the first epoch still leaves a resumable last.pt
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
             generator = _seed_epoch(cfg.seed, epoch, device)
             lr = optimizer.param_groups[0]["lr"]
             bar = _progress(len(train_set), f"epoch {epoch}/{cfg.epochs}", show_bars)
@@ -284,11 +286,12 @@ def train(args: argparse.Namespace) -> int:
                 bar.close()
             val = evaluate(model, val_images, val_labels, mean=mean, std=std, amp=amp, tta_flip=cfg.tta_flip,
                            num_classes=len(classes))
-            train_seconds += stats["seconds"]
+            epoch_seconds = time.perf_counter() - epoch_start  # training + validation
+            train_seconds += epoch_seconds
             history.append({
                 "epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["acc"],
                 "val_loss": val["loss"], "val_acc": val["acc"], "seconds": stats["seconds"],
-                "img_s": stats["img_s"], "samples": stats["samples"],
+                "img_s": stats["img_s"], "epoch_seconds": epoch_seconds, "samples": stats["samples"],
             })
             if val["acc"] > best["val_acc"]:
                 best = {"val_acc": val["acc"], "val_loss": val["loss"], "epoch": epoch,
@@ -301,9 +304,8 @@ def train(args: argparse.Namespace) -> int:
                 f"| val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%  | lr {lr:.2e}  "
                 f"{stats['seconds']:5.1f}s {stats['img_s']:,.0f} img/s" + ("  *best" if best["epoch"] == epoch else ""))
     except KeyboardInterrupt:
-        if epoch < start_epoch or not (out_dir / "last.pt").exists():
-            save_last(start_epoch - 1)
-        done = start_epoch - 1 if not history else history[-1]["epoch"]
+        # last.pt is written after every epoch, so it already holds the last finished one.
+        done = history[-1]["epoch"] if history else start_epoch - 1
         print(f"\ninterrupted: {out_dir / 'last.pt'} holds the state after epoch {done}; "
               f"continue with --resume {out_dir / 'last.pt'}", file=sys.stderr)
         return 130

@@ -1,0 +1,61 @@
+"""Service settings, from the environment only (so `docker run -e ...` configures a container)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .backends import ConfigurationError, worker_cpus
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigurationError(f"{name} must be on or off, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_tag: str
+    runtime: str
+    device: str
+    workers: int
+    threads: int
+    batching: bool
+    max_batch: int
+    max_upload_bytes: int
+    max_pixels: int
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        workers = _int("CIFAR10_WORKERS", 1)
+        return cls(
+            model_tag=os.environ.get("CIFAR10_MODEL", "cifar10-simplecnn:latest"),
+            runtime=os.environ.get("CIFAR10_RUNTIME", "onnx").strip().lower(),
+            device=os.environ.get("CIFAR10_DEVICE", "auto").strip().lower(),
+            workers=workers,
+            # Each worker gets its share of the CPUs it may run on; torch and onnxruntime would
+            # otherwise each start one thread per core in every worker.
+            threads=_int("CIFAR10_THREADS", max(1, worker_cpus() // workers)),
+            batching=_bool("CIFAR10_BATCHING", True),
+            max_batch=_int("CIFAR10_MAX_BATCH", 64),
+            max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
+            max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
+        )

@@ -1,0 +1,73 @@
+"""Any upload -> the model's input: uint8 [32, 32, 3] RGB. Imports only PIL and numpy.
+
+The training stage decodes its image files with prepare() too, so the service sees exactly the
+pixels evaluation saw: EXIF orientation applied, first frame, RGB, and (only when the size differs)
+a PIL bilinear resize to 32x32.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESIZE_FILTER = Image.Resampling.BILINEAR
+# Checked from the header, before any pixel is decoded: 40 MP is a 7,300 x 5,500 photo.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image. `code` is stable for clients; the message is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale: PIL's convert("RGB") would clip at 255 instead of scaling.
+        arr = np.asarray(im, dtype=np.uint32)
+        im = Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels are shown on white, as a browser shows them.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB")
+
+
+def prepare(im: Image.Image, size: int = 32) -> np.ndarray:
+    """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB."""
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
+    if im.size != (size, size):
+        im = im.resize((size, size), RESIZE_FILTER)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode(data: bytes, size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> uint8 [size, size, 3], or ImageError with a stable code."""
+    if not data:
+        raise ImageError("empty_file", "the uploaded file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError("image_too_large", f"the image is {width}x{height} pixels; the limit is "
+                                 f"{max_pixels:,} pixels")
+            im.load()
+            return prepare(im, size)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", "the uploaded file is not an image in a format this service reads "
+                         "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError("corrupt_image", f"the image could not be decoded; it is truncated or corrupt ({exc})") from None

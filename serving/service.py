@@ -1,0 +1,86 @@
+"""The BentoML service: `bentoml serve` (reads bentofile.yaml) or `bentoml serve serving.service:CIFAR10Classifier`.
+
+Configuration is by environment (see README "Serving"): CIFAR10_RUNTIME, CIFAR10_DEVICE,
+CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH, CIFAR10_MAX_UPLOAD_MB,
+CIFAR10_MAX_PIXELS, CIFAR10_MODEL.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from .api import app
+from .config import Settings
+
+log = logging.getLogger("bentoml.cifar10_service")
+SETTINGS = Settings.from_env()
+
+PREDICTIONS = bentoml.metrics.Counter(
+    name="cifar10_predictions_total",
+    documentation="Images classified, by predicted label",
+    labelnames=["label"],
+)
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(
+    name="cifar10_classifier",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 30},
+    labels={"dataset": "cifar10", "model": "simplecnn"},
+)
+class CIFAR10Classifier:
+    # Declared at class scope so `bentoml build` packs this model into the bento.
+    model = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        from .backends import load_backend
+        from .batching import MicroBatcher
+
+        self._ready = False
+        model_dir = Path(self.model.path)
+        self.meta: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
+        self.classes: list[str] = list(self.meta["classes"])
+        self.input_size: int = int(self.meta["input"]["shape"][1])
+        self.max_upload_bytes = SETTINGS.max_upload_bytes
+        self.max_pixels = SETTINGS.max_pixels
+        self.backend = load_backend(model_dir, SETTINGS.runtime, SETTINGS.device, SETTINGS.threads)
+        self.batcher = MicroBatcher(self.backend, SETTINGS.max_batch, SETTINGS.batching)
+        self.model_ref = {"name": self.model.tag.name, "version": str(self.model.tag.version),
+                          "runtime": self.backend.runtime, "device": self.backend.device}
+        # Warm-up: the first call allocates and picks kernels; /readyz stays 503 until it is done.
+        self.backend(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8))
+        self.backend(np.zeros((SETTINGS.max_batch, self.input_size, self.input_size, 3), dtype=np.uint8))
+        self._ready = True
+        log.info("cifar10_classifier ready: model %s, runtime %s, device %s, batching %s (max %d), threads %d",
+                 self.model.tag, self.backend.runtime, self.backend.device, "on" if SETTINGS.batching else "off",
+                 SETTINGS.max_batch, SETTINGS.threads)
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    def answer(self, probs: np.ndarray, k: int) -> dict[str, Any]:
+        order = np.argsort(-probs, kind="stable")[:k]
+        best = int(order[0])
+        PREDICTIONS.labels(label=self.classes[best]).inc()
+        return {
+            "label": self.classes[best], "index": best, "confidence": float(probs[best]),
+            "top_k": [{"label": self.classes[i], "index": int(i), "probability": float(probs[i])} for i in order],
+            "model": self.model_ref,
+        }
+
+    def info(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "model": self.model_ref, "tag": str(self.model.tag), "classes": self.classes,
+            "input": m["input"], "normalization": m["normalization"], "tta_flip": m.get("tta_flip", False),
+            "metrics": m.get("metrics"), "source_checkpoint_sha256": m["source_checkpoint"]["sha256"],
+            "git_commit": m.get("git_commit"), "exported_at": m.get("exported_at"),
+            "serving": {"batching": SETTINGS.batching, "max_batch": SETTINGS.max_batch, "threads": SETTINGS.threads,
+                        "workers": SETTINGS.workers, "max_upload_bytes": SETTINGS.max_upload_bytes},
+        }

@@ -1,0 +1,109 @@
+"""Upload decoding: every format a user might send becomes uint8 [32, 32, 3] RGB, or a clear error."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.preprocess import ImageError, decode
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def solid(color, mode="RGB", size=(32, 32)) -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+@pytest.mark.parametrize("fmt, kw", [
+    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("PPM", {}),
+])
+def test_lossless_formats_keep_pixels(fmt, kw):
+    arr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = decode(encode(Image.fromarray(arr), fmt, **kw))
+    assert out.dtype == np.uint8 and out.shape == (32, 32, 3)
+    assert np.array_equal(out, arr)
+
+
+def test_jpeg_decodes_like_pil():
+    arr = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(arr), "JPEG", quality=75)
+    assert np.array_equal(decode(data), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_grayscale_cmyk_and_16_bit():
+    assert decode(encode(solid(128, "L"), "PNG"))[0, 0].tolist() == [128, 128, 128]
+    cmyk = decode(encode(solid((0, 0, 0, 0), "CMYK"), "JPEG", quality=100))
+    assert (cmyk > 250).all()  # no ink is white
+    sixteen = Image.fromarray(np.full((32, 32), 0x8000, dtype=np.uint16))
+    assert decode(encode(sixteen, "PNG"))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_palette_and_alpha_are_composited_on_white():
+    rgba = solid((255, 0, 0, 0), "RGBA")  # fully transparent red
+    assert decode(encode(rgba, "PNG"))[0, 0].tolist() == [255, 255, 255]
+    half = solid((0, 0, 0, 128), "RGBA")
+    assert decode(encode(half, "PNG"))[0, 0].tolist() == [127, 127, 127]
+    pal = solid((0, 0, 255)).convert("P")
+    assert decode(encode(pal, "PNG"))[0, 0].tolist() == [0, 0, 255]
+
+
+def test_gif_uses_the_first_frame():
+    frames = [solid((255, 0, 0)).convert("P"), solid((0, 255, 0)).convert("P")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert decode(buf.getvalue())[0, 0].tolist() == [255, 0, 0]
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((32, 64, 3), dtype=np.uint8)
+    arr[:, :32] = (255, 0, 0)  # left half red, right half blue
+    arr[:, 32:] = (0, 0, 255)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the left half ends up on top
+    out = decode(encode(im, "JPEG", quality=100, exif=exif))
+    assert out[2, 16, 0] > 200 and out[29, 16, 2] > 200
+
+
+def test_any_size_is_resized_bilinear():
+    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    out = decode(encode(im, "PNG"))
+    assert out.shape == (32, 32, 3)
+    assert np.array_equal(out, np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR)))
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "empty_file"),
+    (b"hello, this is text", "not_an_image"),
+    (encode(solid((1, 2, 3), size=(64, 64)), "JPEG")[:200], "corrupt_image"),
+])
+def test_bad_uploads(data, code):
+    with pytest.raises(ImageError) as info:
+        decode(data)
+    assert info.value.code == code
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) but whose data is tiny."""
+    data = bytearray(encode(solid((0, 0, 0), size=(1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    with pytest.raises(ImageError) as info:
+        decode(_png_claiming(100_000, 100_000))
+    assert info.value.code == "image_too_large"
+    with pytest.raises(ImageError) as info:
+        decode(_png_claiming(5000, 5000), max_pixels=1_000_000)
+    assert info.value.code == "image_too_large" and "5000x5000" in str(info.value)

@@ -1,0 +1,238 @@
+"""The BentoML service as a user meets it: a real `bentoml serve` process on a free port."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from conftest import ROOT, SHARED_CIFAR, Server
+
+pytestmark = pytest.mark.slow
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def server(bento_home):
+    srv = Server("serving.service:CIFAR10Classifier", bento_home)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def test_images(n_per_class=2) -> list[Path]:
+    return [p for c in CLASSES for p in sorted((SHARED_CIFAR / "test" / c).glob("*.jpg"))[:n_per_class]]
+
+
+test_images.__test__ = False  # a helper, not a test
+
+
+def post_image(client, data: bytes, name="x", ctype="image/jpeg", **fields):
+    return client.post("/classify", files={"image": (name, data, ctype)}, data=fields)
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_predictions_match_the_exported_model_in_process(client, bento_home):
+    session = ort.InferenceSession(str(bento_home / "artifacts" / "model.onnx"))
+    paths = test_images()
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    expected = session.run(["probabilities"], {"image": pixels})[0]
+    for path, probs in zip(paths, expected):
+        r = client.post("/classify", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["index"] == int(probs.argmax()) and body["label"] == CLASSES[body["index"]]
+        assert abs(body["confidence"] - float(probs.max())) < 1e-5
+        assert [t["index"] for t in body["top_k"]] == list(np.argsort(-probs)[:3])
+        assert body["model"]["name"] == "cifar10-simplecnn"
+        assert body["model"]["runtime"] == "onnx" and body["model"]["device"] == "cpu"
+
+
+def test_top_k_and_probabilities(client):
+    data = test_images(1)[0].read_bytes()
+    body = post_image(client, data, top_k="10").json()
+    assert len(body["top_k"]) == 10
+    assert abs(sum(t["probability"] for t in body["top_k"]) - 1) < 1e-4
+    probs = [t["probability"] for t in body["top_k"]]
+    assert probs == sorted(probs, reverse=True)
+    assert len(post_image(client, data, top_k="1").json()["top_k"]) == 1
+
+
+def _formats() -> dict[str, tuple[bytes, str]]:
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    frames = [rgb.convert("P"), Image.new("P", (40, 50))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    exif = rgb.getexif()
+    exif[0x0112] = 6
+    return {
+        "jpeg": (encode(rgb, "JPEG"), "image/jpeg"),
+        "png": (encode(rgb, "PNG"), "image/png"),
+        "png16": (encode(Image.fromarray(rng.integers(0, 65535, (40, 50), dtype=np.uint16)), "PNG"), "image/png"),
+        "palette": (encode(rgb.convert("P"), "PNG"), "image/png"),
+        "rgba": (encode(rgb.convert("RGBA"), "PNG"), "image/png"),
+        "webp": (encode(rgb, "WEBP"), "image/webp"),
+        "gif": (gif.getvalue(), "image/gif"),
+        "bmp": (encode(rgb, "BMP"), "image/bmp"),
+        "tiff": (encode(rgb, "TIFF"), "image/tiff"),
+        "gray": (encode(rgb.convert("L"), "PNG"), "image/png"),
+        "cmyk": (encode(rgb.convert("CMYK"), "JPEG"), "image/jpeg"),
+        "exif": (encode(rgb, "JPEG", exif=exif), "image/jpeg"),
+        "large": (encode(rgb.resize((1024, 768)), "JPEG"), "image/jpeg"),
+        "jpeg_as_image/jpg": (encode(rgb, "JPEG"), "image/jpg"),
+        "jpeg_as_octet-stream": (encode(rgb, "JPEG"), "application/octet-stream"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_formats()))
+def test_every_format_is_classified(client, name):
+    data, ctype = _formats()[name]
+    r = post_image(client, data, name=f"upload.{name}", ctype=ctype)
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] in CLASSES
+
+
+def _bomb() -> bytes:
+    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", 60_000, 60_000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def _bad_requests():
+    jpeg = test_images(1)[0].read_bytes()
+    return {
+        "not_an_image": (lambda c: post_image(c, b"just some text", ctype="text/plain"), 400, "not_an_image"),
+        "truncated": (lambda c: post_image(c, jpeg[: len(jpeg) // 3]), 400, "corrupt_image"),
+        "empty": (lambda c: post_image(c, b""), 400, "empty_file"),
+        "missing_field": (lambda c: c.post("/classify", files={"picture": ("a.jpg", jpeg, "image/jpeg")}), 400,
+                          "missing_field"),
+        "text_field_url": (lambda c: c.post("/classify", data={"image": "http://127.0.0.1:9/x.jpg"},
+                                            files={"other": ("a", b"a")}), 400, "not_a_file"),
+        "json_body": (lambda c: c.post("/classify", json={"image": "x"}), 415, "unsupported_media_type"),
+        "too_large": (lambda c: post_image(c, jpeg + b"\0" * (10 * 1024 * 1024)), 413, "payload_too_large"),
+        "bomb": (lambda c: post_image(c, _bomb(), ctype="image/png"), 413, "image_too_large"),
+        "top_k_zero": (lambda c: post_image(c, jpeg, top_k="0"), 400, "invalid_top_k"),
+        "top_k_big": (lambda c: post_image(c, jpeg, top_k="11"), 400, "invalid_top_k"),
+        "top_k_word": (lambda c: post_image(c, jpeg, top_k="three"), 400, "invalid_top_k"),
+        "batch_65": (lambda c: c.post("/classify_batch", files=[("images", (f"{i}.jpg", jpeg, "image/jpeg"))
+                                                                 for i in range(65)]), 400, "too_many_images"),
+        "batch_bad_item": (lambda c: c.post("/classify_batch", files=[("images", ("a.jpg", jpeg, "image/jpeg")),
+                                                                       ("images", ("b.txt", b"nope", "text/plain"))]),
+                           400, "not_an_image"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_requests()))
+def test_bad_input_is_a_clear_4xx_and_the_service_survives(client, name):
+    send, status, code = _bad_requests()[name]
+    r = send(client)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code and isinstance(body["error"], str) and body["error"]
+    ok = post_image(client, test_images(1)[0].read_bytes())
+    assert ok.status_code == 200 and ok.json()["label"] in CLASSES
+
+
+def test_batch_keeps_request_order(client):
+    paths = test_images(1)
+    single = [post_image(client, p.read_bytes()).json() for p in paths]
+    r = client.post("/classify_batch", files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths])
+    assert r.status_code == 200, r.text
+    batch = r.json()
+    assert [b["index"] for b in batch] == [s["index"] for s in single]
+    for b, s in zip(batch, single):
+        assert abs(b["confidence"] - s["confidence"]) < 1e-5
+
+
+def test_concurrent_requests_get_their_own_answers(client, server):
+    paths = test_images(2)
+    expected = {p: post_image(client, p.read_bytes()).json()["index"] for p in paths}
+
+    def one(p):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return p, post_image(c, p.read_bytes()).json()["index"]
+
+    with ThreadPoolExecutor(8) as pool:
+        for p, idx in pool.map(one, paths * 3):
+            assert idx == expected[p]
+
+
+def test_model_info_readyz_livez_metrics(client):
+    info = client.post("/model_info").json()
+    assert info["classes"] == CLASSES and info["input"]["shape"] == [-1, 32, 32, 3]
+    assert info["model"]["runtime"] == "onnx" and info["tag"].startswith("cifar10-simplecnn:")
+    assert "test_acc" in info["metrics"]
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    metrics = client.get("/metrics").text
+    assert "cifar10_predictions_total" in metrics and 'label="' in metrics
+
+
+def test_torchscript_runtime_gives_the_same_answers(bento_home, client):
+    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_RUNTIME": "torchscript"})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as ts:
+            for p in test_images(1):
+                a = post_image(client, p.read_bytes()).json()
+                b = post_image(ts, p.read_bytes()).json()
+                assert b["model"]["runtime"] == "torchscript" and b["model"]["device"] == "cpu"
+                assert a["index"] == b["index"] and abs(a["confidence"] - b["confidence"]) < 1e-4
+    finally:
+        srv.stop()
+
+
+def test_onnx_path_does_not_import_torch(bento_home):
+    probe = ("import sys, bentoml; from pathlib import Path; import serving.service; "
+             "from serving.backends import load_backend; "
+             "b = load_backend(Path(bentoml.models.get('cifar10-simplecnn:latest').path), 'onnx', 'auto', 1); "
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**__import__("os").environ, "BENTOML_HOME": str(bento_home)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_built_bento_serves(bento_home, tmp_path):
+    env = {**__import__("os").environ, "BENTOML_HOME": str(bento_home), "BENTOML_DO_NOT_TRACK": "True"}
+    cli = str(Path(sys.executable).parent / "bentoml")
+    build = subprocess.run([cli, "build", "--output", "tag"], capture_output=True, text=True, cwd=ROOT, env=env,
+                           timeout=300)
+    assert build.returncode == 0, build.stderr + build.stdout
+    tag = build.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    assert tag.startswith("cifar10_classifier:")
+    bento_dir = bento_home / "bentos" / "cifar10_classifier" / tag.split(":")[1]
+    packed = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
+    assert "serving/service.py" in packed
+    assert not any(p.startswith(("training/", "tests/", "export/", ".venv/")) for p in packed)
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert "torch" not in requirements and "onnxruntime" in requirements
+    srv = Server(tag, bento_home, cwd=tmp_path)  # away from the source tree: only the bento is used
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = post_image(c, test_images(1)[0].read_bytes())
+            assert r.status_code == 200 and r.json()["label"] in CLASSES
+    finally:
+        srv.stop()
