@@ -45,6 +45,8 @@ class OnnxBackend:
         # ONNX Runtime sizes its pool from the machine, not from BentoML's worker count.
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Spinning idle threads would steal the CPU the event loop needs to parse the next request.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=providers)
         # ONNX Runtime silently falls back to CPU when CUDA cannot start: report what it really uses.
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"

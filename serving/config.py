@@ -42,6 +42,7 @@ class Settings:
     max_batch: int
     max_upload_bytes: int
     max_pixels: int
+    access_log: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -58,4 +59,5 @@ class Settings:
             max_batch=_int("CIFAR10_MAX_BATCH", 64),
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
+            access_log=_bool("CIFAR10_ACCESS_LOG", True),
         )

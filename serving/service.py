@@ -2,7 +2,7 @@
 
 Configuration is by environment (see README "Serving"): CIFAR10_RUNTIME, CIFAR10_DEVICE,
 CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH, CIFAR10_MAX_UPLOAD_MB,
-CIFAR10_MAX_PIXELS, CIFAR10_MODEL.
+CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_MODEL.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ PREDICTIONS = bentoml.metrics.Counter(
     name="cifar10_classifier",
     workers=SETTINGS.workers,
     traffic={"timeout": 30},
+    logging={"access": {"enabled": SETTINGS.access_log}},
     labels={"dataset": "cifar10", "model": "simplecnn"},
 )
 class CIFAR10Classifier:

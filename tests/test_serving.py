@@ -236,3 +236,29 @@ def test_built_bento_serves(bento_home, tmp_path):
             assert r.status_code == 200 and r.json()["label"] in CLASSES
     finally:
         srv.stop()
+
+
+def _cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_cuda_requested_without_cuda_refuses_to_start(bento_home):
+    if _cuda_available():
+        pytest.skip("this machine has CUDA; the refusal path needs one without")
+    with pytest.raises(RuntimeError, match="CIFAR10_DEVICE=cuda"):
+        Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_DEVICE": "cuda"})
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDAExecutionProvider (onnxruntime-gpu and a GPU) here")
+@pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
+def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
+    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_DEVICE": "cuda", "CIFAR10_RUNTIME": runtime})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as gpu:
+            for p in test_images(1):
+                a = post_image(client, p.read_bytes()).json()
+                b = post_image(gpu, p.read_bytes()).json()
+                assert b["model"]["device"] == "cuda"
+                assert a["index"] == b["index"] and abs(a["confidence"] - b["confidence"]) < 1e-3
+    finally:
+        srv.stop()

@@ -51,6 +51,8 @@ class TrainConfig:
     crop_padding: int = 4
     flip: bool = True
     tta_flip: bool = False
+    # Exponential moving average of the weights (0 = off); validation and best.pt use the average.
+    ema_decay: float = 0.0
     seed: int = 0
     val_split: int = 0
     limit_train: int = 0
@@ -146,5 +148,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 < cfg.warmup_frac < 1.0:
         raise ConfigError(f"warmup_frac must be in (0, 1), got {cfg.warmup_frac}")

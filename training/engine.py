@@ -40,6 +40,7 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     scaler: Optional[torch.amp.GradScaler] = None,
     step_scheduler_per_batch: bool = False,
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
     on_step: Optional[Callable[[int, int, float, float], None]] = None,
 ) -> dict[str, float]:
     """One pass over images (uint8 [N, H, W, C], on the training device) in a seeded random order.
@@ -72,6 +73,8 @@ def train_one_epoch(
             optimizer.step()
         if step_scheduler_per_batch:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * (hi - lo)
         correct += (logits.argmax(1) == y).sum()
         seen += hi - lo

@@ -42,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights "
+                   "with this decay per step and validate/save it (0 = off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
@@ -215,6 +217,11 @@ def train(args: argparse.Namespace) -> int:
     steps_per_epoch = len(batch_slices(len(train_set), batch_size))
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    ema = None
+    if cfg.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    evaluated = ema.module if ema is not None else model  # what validation sees and best.pt holds
 
     mean = torch.tensor(CIFAR10_MEAN, device=device)
     std = torch.tensor(CIFAR10_STD, device=device)
@@ -231,6 +238,8 @@ def train(args: argparse.Namespace) -> int:
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(resume_ckpt["ema"])
         history = list(resume_ckpt.get("history", []))
         best = dict(resume_ckpt.get("best", best))
         best_state = resume_ckpt.get("best_model")
@@ -251,6 +260,7 @@ def train(args: argparse.Namespace) -> int:
         save_checkpoint(out_dir / "last.pt", {
             **common, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "history": history, "best": best, "best_model": best_state,
             "train_seconds": train_seconds,
             "rng": {"torch": torch.get_rng_state(),
@@ -281,10 +291,10 @@ def train(args: argparse.Namespace) -> int:
                 model, optimizer, scheduler, images, labels, batch_size=batch_size, mean=mean, std=std,
                 amp=amp, generator=generator, crop_padding=cfg.crop_padding, flip=cfg.flip,
                 label_smoothing=cfg.label_smoothing, scaler=scaler,
-                step_scheduler_per_batch=cfg.schedule == "onecycle", on_step=on_step)
+                step_scheduler_per_batch=cfg.schedule == "onecycle", ema=ema, on_step=on_step)
             if bar is not None:
                 bar.close()
-            val = evaluate(model, val_images, val_labels, mean=mean, std=std, amp=amp, tta_flip=cfg.tta_flip,
+            val = evaluate(evaluated, val_images, val_labels, mean=mean, std=std, amp=amp, tta_flip=cfg.tta_flip,
                            num_classes=len(classes))
             epoch_seconds = time.perf_counter() - epoch_start  # training + validation
             train_seconds += epoch_seconds
@@ -296,7 +306,7 @@ def train(args: argparse.Namespace) -> int:
             if val["acc"] > best["val_acc"]:
                 best = {"val_acc": val["acc"], "val_loss": val["loss"], "epoch": epoch,
                         "train_acc": stats["acc"], "train_loss": stats["loss"]}
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(evaluated.state_dict())
                 save_checkpoint(out_dir / "best.pt", {**common, "model": best_state, "epoch": epoch, "metrics": best})
             save_last(epoch)
             report.write_history(out_dir, history)
