@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make run` (install + train) and `make test` (install + tests).
+# Two commands for a fresh machine: `make run` (install, train, export, serve) and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 # The dataset: $CIFAR10_DATA if set, else the shared copy beside the project when present, else ./data.
 CIFAR10_DATA ?= $(if $(wildcard ../shared/datasets/cifar10/train),../shared/datasets/cifar10,./data)
 export CIFAR10_DATA
+CKPT_DIR ?= checkpoints
+ARTIFACTS ?= artifacts
+PORT ?= 3000
 
-.PHONY: install run test bench clean
+.PHONY: install run train export serve test bench clean
 
 install: $(VENV)/.installed
 
@@ -16,15 +19,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# ARGS passes flags through, e.g. make run ARGS="--recipe fast"
-run: install
-	$(PY) -m training $(ARGS)
+# The main job: train (ARGS passes training flags, e.g. ARGS="--recipe fast"), export, then serve.
+run: train export serve
+
+train: install
+	$(PY) -m training --checkpoint-dir $(CKPT_DIR) $(ARGS)
+
+export: install
+	$(PY) -m export --checkpoint $(CKPT_DIR)/best.pt --out $(ARTIFACTS) --bentoml
+
+serve: install
+	$(VENV)/bin/bentoml serve --port $(PORT)
 
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q $(TEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/inference.py --artifacts $(ARTIFACTS) --checkpoint $(CKPT_DIR)/best.pt
+	$(PY) benchmarks/serve_load.py
 
 clean:
-	rm -rf $(VENV) checkpoints artifacts .pytest_cache
+	rm -rf $(VENV) $(CKPT_DIR) $(ARTIFACTS) .pytest_cache

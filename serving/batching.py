@@ -1,11 +1,15 @@
-"""Opportunistic micro-batching on the event loop.
+"""Adaptive micro-batching: one inference thread, and whatever queued meanwhile goes in the next call.
 
-Requests whose handlers reach the model in the same event-loop turn are stacked into one call;
-a lone request is never held back waiting for company, so batching adds no latency at low load.
+While the model runs in its thread (ONNX Runtime and torch release the GIL), the event loop keeps
+parsing requests; those that arrive in the meantime are stacked into the next call. A lone request
+is never held back waiting for company (and runs on the loop itself, skipping the thread hop), so
+batching adds no waiting at low load; under load the batch size follows the arrival rate by itself
+(up to max_batch images). With batching off, each request runs on the loop, one at a time.
 """
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -17,40 +21,52 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.enabled = enabled
         self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
-        self._scheduled = False
+        self._running = False
+        # One thread: the runtime parallelizes inside a call; two calls at once would only contend.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar10-infer")
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, 32, 32, 3] -> probabilities [N, C]."""
-        if not self.enabled or len(images) >= self.max_batch:
-            return self.infer(images)
         loop = asyncio.get_running_loop()
+        if not self.enabled:
+            return self.infer(images)
         future = loop.create_future()
         self._pending.append((images, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        if not self._running:
+            self._running = True
+            loop.create_task(self._drain())
         return await future
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, []
-        while pending:
-            group, size = [], 0
-            while pending and size + len(pending[0][0]) <= self.max_batch:
-                item = pending.pop(0)
-                group.append(item)
-                size += len(item[0])
-            if not group:  # a single oversized request
-                group.append(pending.pop(0))
-            try:
-                probs = self.infer(np.concatenate([g[0] for g in group]))  # [sum N, C]
-            except Exception as exc:  # every waiter hears about it; none hangs
-                for _, fut in group:
+    def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        group, size = [], 0
+        while self._pending and (not group or size + len(self._pending[0][0]) <= self.max_batch):
+            item = self._pending.pop(0)
+            group.append(item)
+            size += len(item[0])
+        return group
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.sleep(0)  # requests parsed in this same loop turn join the first call
+            while self._pending:
+                group = self._take()
+                try:
+                    batch = np.concatenate([g[0] for g in group])  # [sum N, 32, 32, 3]
+                    if len(group) == 1 and not self._pending:
+                        # Nobody else is waiting: a thread hop would only add latency.
+                        probs = self.infer(batch)
+                    else:
+                        probs = await loop.run_in_executor(self._executor, self.infer, batch)  # [sum N, C]
+                except Exception as exc:  # every waiter hears about it; none hangs
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                start = 0
+                for images, fut in group:
                     if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            start = 0
-            for images, fut in group:
-                if not fut.done():
-                    fut.set_result(probs[start:start + len(images)])
-                start += len(images)
+                        fut.set_result(probs[start:start + len(images)])
+                    start += len(images)
+        finally:
+            self._running = False

@@ -43,6 +43,7 @@ class Settings:
     max_upload_bytes: int
     max_pixels: int
     access_log: bool
+    tracing: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -60,4 +61,5 @@ class Settings:
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
             access_log=_bool("CIFAR10_ACCESS_LOG", True),
+            tracing=_bool("CIFAR10_TRACING", False),
         )

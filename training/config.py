@@ -97,10 +97,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 0.1,
         "nesterov": True,
-        "weight_decay": 5e-4,
+        "weight_decay": 1e-4,
         "schedule": "onecycle",
         "label_smoothing": 0.1,
-        "batch_size": 256,
+        "batch_size": 128,
         "tta_flip": True,
     },
 }
