@@ -6,7 +6,7 @@ Needs `hey` (Debian package `hey`) and cifar10-simplecnn:latest in the BentoML s
 runs on a free loopback port, one at a time, and is stopped (by PID) after its rows. Rows:
   service (default config)      - bentoml serve, the defaults a user gets
   service batching off          - CIFAR10_BATCHING=off
-  service access log off        - CIFAR10_ACCESS_LOG=off
+  service access log on         - CIFAR10_ACCESS_LOG=on
   service 2 workers             - CIFAR10_WORKERS=2
   peer (starlette+uvicorn+ort)  - benchmarks/serve_peer.py, one process
 Latency percentiles come from hey's per-request CSV; requests/s is requests completed / duration.
@@ -90,7 +90,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--bentoml-home", default=os.environ.get("BENTOML_HOME"))
     p.add_argument("--image", default=None, help="image to POST (default: a CIFAR-10 test JPEG)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these rows (default, nobatch, noaccesslog, workers2, peer)")
+    p.add_argument("--only", nargs="+", default=None, help="run only these rows (default, nobatch, accesslog, workers2, peer)")
     args = p.parse_args()
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
@@ -118,7 +118,7 @@ def main() -> int:
     configs = {
         "default": ("service (default config)", {}),
         "nobatch": ("service batching off", {"CIFAR10_BATCHING": "off"}),
-        "noaccesslog": ("service access log off", {"CIFAR10_ACCESS_LOG": "off"}),
+        "accesslog": ("service access log on", {"CIFAR10_ACCESS_LOG": "on"}),
         "workers2": ("service 2 workers", {"CIFAR10_WORKERS": "2"}),
         "peer": ("peer (starlette+uvicorn+ort)", None),
     }
@@ -151,7 +151,7 @@ def main() -> int:
                   f"{r['requests'] - r['ok']:>7}")
     figures = {}
     for key, rows in results.items():
-        name = {"default": "service", "nobatch": "service_nobatch", "noaccesslog": "service_nolog",
+        name = {"default": "service", "nobatch": "service_nobatch", "accesslog": "service_log",
                 "workers2": "service_2w", "peer": "peer"}[key]
         for c, r in rows.items():
             figures[f"{name}_rps_c{c}"] = round(r["rps"], 1)

@@ -60,6 +60,6 @@ class Settings:
             max_batch=_int("CIFAR10_MAX_BATCH", 64),
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
-            access_log=_bool("CIFAR10_ACCESS_LOG", True),
+            access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
         )

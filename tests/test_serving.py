@@ -191,8 +191,10 @@ def test_model_info_readyz_livez_metrics(client):
     assert "cifar10_predictions_total" in metrics and 'label="' in metrics
 
 
-def test_torchscript_runtime_gives_the_same_answers(bento_home, client):
-    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_RUNTIME": "torchscript"})
+def test_torchscript_runtime_gives_the_same_answers(bento_home, client, server):
+    # This server also turns the access log on, to check that the switch works.
+    srv = Server("serving.service:CIFAR10Classifier", bento_home,
+                 {"CIFAR10_RUNTIME": "torchscript", "CIFAR10_ACCESS_LOG": "on"})
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as ts:
             for p in test_images(1):
@@ -202,6 +204,8 @@ def test_torchscript_runtime_gives_the_same_answers(bento_home, client):
                 assert a["index"] == b["index"] and abs(a["confidence"] - b["confidence"]) < 1e-4
     finally:
         srv.stop()
+    assert "path=/classify" in srv.log.read_text()
+    assert "path=/classify" not in server.log.read_text()  # off by default
 
 
 def test_onnx_path_does_not_import_torch(bento_home):
