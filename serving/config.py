@@ -57,7 +57,9 @@ class Settings:
             # otherwise each start one thread per core in every worker.
             threads=_int("CIFAR10_THREADS", max(1, worker_cpus() // workers)),
             batching=_bool("CIFAR10_BATCHING", True),
-            max_batch=_int("CIFAR10_MAX_BATCH", 64),
+            # 16 bounds the wait behind a running batch: p99 at c=32 was 32-38 ms with 16 and
+            # 43-59 ms with 64 on the 2-core VM, at equal or better requests/s (README, "Load test").
+            max_batch=_int("CIFAR10_MAX_BATCH", 16),
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),

@@ -15,7 +15,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from .api import app
+from .api import MAX_BATCH_IMAGES, app
 from .config import Settings
 
 log = logging.getLogger("bentoml.cifar10_service")
@@ -61,8 +61,8 @@ class CIFAR10Classifier:
         self.model_ref = {"name": self.model.tag.name, "version": str(self.model.tag.version),
                           "runtime": self.backend.runtime, "device": self.backend.device}
         # Warm-up: the first call allocates and picks kernels; /readyz stays 503 until it is done.
-        self.backend(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8))
-        self.backend(np.zeros((SETTINGS.max_batch, self.input_size, self.input_size, 3), dtype=np.uint8))
+        for n in sorted({1, SETTINGS.max_batch, MAX_BATCH_IMAGES}):
+            self.backend(np.zeros((n, self.input_size, self.input_size, 3), dtype=np.uint8))
         # Everything loaded so far lives as long as the process: moving it out of the collector's
         # view keeps full collections (the long p99 pauses under load) short.
         gc.collect()
