@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.cli import load_torchscript  # noqa: E402
+from export.wrapper import classifier_from_checkpoint  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
 
 
 def measure(call: Callable[[], object], seconds: float) -> list[float]:
@@ -53,20 +56,13 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
     runtimes: dict[str, Callable[[np.ndarray], object]] = {}
     for device in devices:
-        if args.checkpoint:
-            from export.wrapper import ImageClassifier
-            from training.checkpoint import build_model, load_checkpoint
-            ckpt = load_checkpoint(args.checkpoint)
-            norm = ckpt["normalization"]
-            eager = ImageClassifier(build_model(ckpt), norm["mean"], norm["std"],
-                                    tta_flip=ckpt["config"].get("tta_flip", False)).eval().to(device)
+        if ckpt is not None:
+            eager = classifier_from_checkpoint(ckpt, args.checkpoint).to(device)
             runtimes[f"eager pytorch ({device})"] = _torch_call(eager, device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scripted = torch.jit.load(str(art / "model.ts"), map_location=device).eval()
-        runtimes[f"torchscript ({device})"] = _torch_call(scripted, device)
+        runtimes[f"torchscript ({device})"] = _torch_call(load_torchscript(art / "model.ts", device), device)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1

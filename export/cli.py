@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import CheckpointError, build_model, load_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, load_split
 from training.train import git_commit
 
 from .metadata import MODEL_NAME, build_metadata, onnx_metadata_props
 from .parity import compare, failures, onnx_runner, torch_runner
-from .wrapper import ImageClassifier
+from .wrapper import classifier_from_checkpoint
 
 ARTIFACTS = ("model.ts", "model.onnx", "metadata.json", "export_report.json")
 
@@ -84,10 +84,10 @@ def _export_torchscript(wrapper: torch.nn.Module, path: Path, meta: dict[str, An
         torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps(meta)})
 
 
-def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+def load_torchscript(path: Path, map_location: str = "cpu") -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu")
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        return torch.jit.load(str(path), map_location=map_location)
 
 
 def _save_to_bentoml(out: Path, meta: dict[str, Any]) -> str:
@@ -118,10 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out)
 
-    model = build_model(ckpt, checkpoint).eval()
-    norm = ckpt["normalization"]
-    wrapper = ImageClassifier(model, list(norm["mean"]), list(norm["std"]), int(norm["input_size"]),
-                              tta_flip=bool(ckpt["config"].get("tta_flip", False))).eval()
+    wrapper = classifier_from_checkpoint(ckpt, checkpoint)
     data = args.data or os.environ.get("CIFAR10_DATA") or ckpt["config"]["data"]
     test = load_split(data, "test")
     if test.classes != list(ckpt["classes"]):

@@ -5,7 +5,7 @@ graph, so a server only decodes, converts to RGB and resizes: it never re-implem
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -35,3 +35,12 @@ class ImageClassifier(nn.Module):
         if self.tta_flip:
             logits = (logits + self.model(x.flip(3))) * 0.5
         return logits, torch.softmax(logits, dim=1)
+
+
+def classifier_from_checkpoint(ckpt: Dict[str, Any], path: Any = "checkpoint") -> ImageClassifier:
+    """The eval-mode ImageClassifier for a training checkpoint (weights, normalization, TTA flag)."""
+    from training.checkpoint import build_model
+
+    norm = ckpt["normalization"]
+    return ImageClassifier(build_model(ckpt, path).eval(), list(norm["mean"]), list(norm["std"]),
+                           int(norm["input_size"]), tta_flip=bool(ckpt["config"].get("tta_flip", False))).eval()

@@ -7,7 +7,7 @@ BentoML's: handlers reach it through bentoml.get_current_service().
 """
 from __future__ import annotations
 
-import asyncio
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from .errors import RequestError
 from .preprocess import ImageError, decode
 
 MAX_BATCH_IMAGES = 64
+log = logging.getLogger("bentoml.cifar10_service")
 
 
 def _service():
@@ -131,11 +132,8 @@ def _guard(handler):
             return await handler(request)
         except RequestError as exc:
             return exc.response()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            import logging
-            logging.getLogger("bentoml.cifar10_service").exception("unexpected error in %s", request.url.path)
+        except Exception:  # CancelledError is a BaseException and passes through
+            log.exception("unexpected error in %s", request.url.path)
             return RequestError(500, "internal_error", "the service failed on this request; see its log").response()
     return endpoint
 

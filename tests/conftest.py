@@ -1,8 +1,11 @@
 """Shared fixtures: tiny generated datasets and a small real subset of the shared CIFAR-10 copy."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,22 @@ SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Decoded-dataset caches go to a per-session temp folder, never the user's ~/.cache.
     monkeypatch.setenv("CIFAR10_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dataset-cache"))
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    """A PIL image as the bytes of a file in format fmt."""
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) but whose data is tiny: a bomb."""
+    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=(6, 3), size=32, seed=0) -> Path:

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import encode, png_claiming
 from serving.preprocess import ImageError, decode
-
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def solid(color, mode="RGB", size=(32, 32)) -> Image.Image:
@@ -91,19 +84,10 @@ def test_bad_uploads(data, code):
     assert info.value.code == code
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (with a valid CRC) but whose data is tiny."""
-    data = bytearray(encode(solid((0, 0, 0), size=(1, 1)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def test_decompression_bomb_is_refused_from_the_header():
     with pytest.raises(ImageError) as info:
-        decode(_png_claiming(100_000, 100_000))
+        decode(png_claiming(100_000, 100_000))
     assert info.value.code == "image_too_large"
     with pytest.raises(ImageError) as info:
-        decode(_png_claiming(5000, 5000), max_pixels=1_000_000)
+        decode(png_claiming(5000, 5000), max_pixels=1_000_000)
     assert info.value.code == "image_too_large" and "5000x5000" in str(info.value)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHARED_CIFAR, Server
+from conftest import ROOT, SHARED_CIFAR, Server, encode, png_claiming
 
 pytestmark = pytest.mark.slow
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -44,12 +42,6 @@ test_images.__test__ = False  # a helper, not a test
 
 def post_image(client, data: bytes, name="x", ctype="image/jpeg", **fields):
     return client.post("/classify", files={"image": (name, data, ctype)}, data=fields)
-
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def test_predictions_match_the_exported_model_in_process(client, bento_home):
@@ -113,14 +105,6 @@ def test_every_format_is_classified(client, name):
     assert r.json()["label"] in CLASSES
 
 
-def _bomb() -> bytes:
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = struct.pack(">II", 60_000, 60_000) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def _bad_requests():
     jpeg = test_images(1)[0].read_bytes()
     return {
@@ -133,7 +117,7 @@ def _bad_requests():
                                             files={"other": ("a", b"a")}), 400, "not_a_file"),
         "json_body": (lambda c: c.post("/classify", json={"image": "x"}), 415, "unsupported_media_type"),
         "too_large": (lambda c: post_image(c, jpeg + b"\0" * (10 * 1024 * 1024)), 413, "payload_too_large"),
-        "bomb": (lambda c: post_image(c, _bomb(), ctype="image/png"), 413, "image_too_large"),
+        "bomb": (lambda c: post_image(c, png_claiming(60_000, 60_000), ctype="image/png"), 413, "image_too_large"),
         "top_k_zero": (lambda c: post_image(c, jpeg, top_k="0"), 400, "invalid_top_k"),
         "top_k_big": (lambda c: post_image(c, jpeg, top_k="11"), 400, "invalid_top_k"),
         "top_k_word": (lambda c: post_image(c, jpeg, top_k="three"), 400, "invalid_top_k"),
