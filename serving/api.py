@@ -8,19 +8,21 @@ BentoML's: handlers reach it through bentoml.get_current_service().
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import RequestError
 from .preprocess import ImageError, decode
 
 MAX_BATCH_IMAGES = 64
+UI_PAGE = Path(__file__).with_name("static") / "index.html"
 log = logging.getLogger("bentoml.cifar10_service")
 
 
@@ -125,6 +127,11 @@ async def model_info(request: Request) -> Response:
     return JSONResponse(_service().info())
 
 
+async def ui(request: Request) -> Response:
+    # Read per request: a few kB, and an edited page shows without a restart under --reload.
+    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"))
+
+
 def _guard(handler):
     """Every refusal as {"error", "code"}; anything unexpected as a logged 500 with the same shape."""
     async def endpoint(request: Request) -> Response:
@@ -142,4 +149,5 @@ app = Starlette(routes=[
     Route("/classify", _guard(classify), methods=["POST"]),
     Route("/classify_batch", _guard(classify_batch), methods=["POST"]),
     Route("/model_info", _guard(model_info), methods=["POST", "GET"]),
+    Route("/ui", ui, methods=["GET"]),
 ])

@@ -160,3 +160,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(bento_home) -> Server:
+    """The service from bento_home's model, served once for every test module that talks to it."""
+    srv = Server("serving.service:CIFAR10Classifier", bento_home)
+    yield srv
+    srv.stop()

@@ -21,13 +21,6 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 @pytest.fixture(scope="module")
-def server(bento_home):
-    srv = Server("serving.service:CIFAR10Classifier", bento_home)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
@@ -213,7 +206,7 @@ def test_built_bento_serves(bento_home, tmp_path):
     assert tag.startswith("cifar10_classifier:")
     bento_dir = bento_home / "bentos" / "cifar10_classifier" / tag.split(":")[1]
     packed = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
-    assert "serving/service.py" in packed
+    assert "serving/service.py" in packed and "serving/static/index.html" in packed
     assert not any(p.startswith(("training/", "tests/", "export/", ".venv/")) for p in packed)
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch" not in requirements and "onnxruntime" in requirements
@@ -222,6 +215,8 @@ def test_built_bento_serves(bento_home, tmp_path):
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             r = post_image(c, test_images(1)[0].read_bytes())
             assert r.status_code == 200 and r.json()["label"] in CLASSES
+            page = c.get("/ui")
+            assert page.status_code == 200 and "<title>CIFAR-10 classifier</title>" in page.text
     finally:
         srv.stop()
 
