@@ -596,6 +596,9 @@ result("PASS" if ok else "FAIL", "text upload refused", f"{r.status_code} {json.
 f = images[0][1]
 r = client.post("/classify", files={"image": (f.name, f.read_bytes(), "image/jpeg")})
 result("PASS" if r.status_code == 200 else "FAIL", "answers after refusal", f"/classify {r.status_code}")
+r = client.get("/ui")
+ok = r.status_code == 200 and "<title>CIFAR-10 classifier</title>" in r.text
+result("PASS" if ok else "FAIL", "web page /ui", f"GET /ui {r.status_code}, {len(r.content)} bytes")
 r = client.post("/model_info")
 if r.status_code == 200:
     s = r.json().get("serving", {})
