@@ -36,6 +36,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_devices.py --epochs 2
 	$(PY) benchmarks/inference.py --artifacts $(ARTIFACTS) --checkpoint $(CKPT_DIR)/best.pt
 	$(PY) benchmarks/serve_load.py
 

@@ -34,6 +34,8 @@ class TrainConfig:
     epochs: int = 20
     # None means the device default: 128 on CUDA, 64 on CPU (per process under DDP).
     batch_size: Optional[int] = None
+    # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only).
+    sync_bn: bool = False
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9

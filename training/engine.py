@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import augment, normalize
+from .distributed import all_sum
 from .runtime import autocast
 
 
@@ -42,21 +43,32 @@ def train_one_epoch(
     step_scheduler_per_batch: bool = False,
     ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
     on_step: Optional[Callable[[int, int, float, float], None]] = None,
+    shard: tuple[int, int] = (0, 1),
+    order_generator: Optional[torch.Generator] = None,
 ) -> dict[str, float]:
     """One pass over images (uint8 [N, H, W, C], on the training device) in a seeded random order.
 
     Returns the mean training loss, accuracy (on augmented images), sample count, seconds, images/s.
     on_step(step, samples_seen, running_loss, running_acc) is called every few steps for progress.
+    With shard=(rank, world_size), world_size > 1, the order comes from order_generator (seeded the
+    same on every rank), this rank trains on its slice of it, and the returned loss, accuracy, samples
+    and images/s are those of all ranks together.
     """
     model.train()
     device = images.device
     n = images.shape[0]
-    order = torch.randperm(n, device=device, generator=generator)
+    rank, world = shard
+    order = torch.randperm(n, device=device, generator=order_generator if order_generator is not None else generator)
+    if world > 1:
+        # Every rank takes an equal contiguous slice, and the n % world left over are skipped this
+        # epoch (different ones each epoch): DDP needs every rank in every step's gradient all-reduce.
+        per_rank = n // world
+        order = order[rank * per_rank:(rank + 1) * per_rank]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
-    for step, (lo, hi) in enumerate(batch_slices(n, batch_size)):
+    for step, (lo, hi) in enumerate(batch_slices(order.numel(), batch_size)):
         idx = order[lo:hi]
         x = normalize(augment(images[idx], crop_padding, flip, generator), mean, std)
         y = labels[idx]
@@ -82,10 +94,18 @@ def train_one_epoch(
             on_step(step, seen, loss_sum.item() / seen, correct.item() / seen)
     if not step_scheduler_per_batch:
         scheduler.step()
+    if world > 1:
+        # Sums, not means, so that the global figures weigh every sample once (float64 keeps the
+        # counts exact).
+        totals = all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                      torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        loss_total, correct_total, seen = totals[0].item(), totals[1].item(), int(totals[2].item())
+    else:
+        loss_total, correct_total = loss_sum.item(), correct.item()
     seconds = time.perf_counter() - start
     return {
-        "loss": loss_sum.item() / seen,
-        "acc": correct.item() / seen,
+        "loss": loss_total / seen,
+        "acc": correct_total / seen,
         "samples": seen,
         "seconds": seconds,
         "img_s": seen / seconds,
@@ -128,13 +148,31 @@ def evaluate(
     amp: Optional[torch.dtype] = None,
     tta_flip: bool = False,
     num_classes: Optional[int] = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
-    """Cross-entropy loss, accuracy, and the confusion matrix (rows: true class, cols: predicted)."""
+    """Cross-entropy loss, accuracy, and the confusion matrix (rows: true class, cols: predicted).
+
+    With shard=(rank, world_size), world_size > 1, each rank evaluates its contiguous slice of the
+    images and all ranks get the figures of the whole set (every rank needs at least one image).
+    """
+    rank, world = shard
+    if world > 1:
+        n = images.shape[0]
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        images, labels = images[lo:hi], labels[lo:hi]
     logits = predict_logits(model, images, mean=mean, std=std, amp=amp, tta_flip=tta_flip)
     labels = labels.to(logits.device)
     pred = logits.argmax(1)
     c = num_classes or logits.shape[1]
-    confusion = torch.bincount(labels * c + pred, minlength=c * c).view(c, c).cpu()  # [true, pred]
+    confusion = torch.bincount(labels * c + pred, minlength=c * c).view(c, c)  # [true, pred]
+    if world > 1:
+        confusion = all_sum(confusion)
+        sums = all_sum(torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                                    (pred == labels).sum().double(),
+                                    torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)]))
+        return {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item(),
+                "confusion": confusion.cpu()}
+    confusion = confusion.cpu()
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "acc": (pred == labels).float().mean().item(),

@@ -1,13 +1,16 @@
 """What a run leaves for people: history.json, curves, confusion matrix, results.md."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from .io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
@@ -72,14 +75,18 @@ def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> dict[str,
 def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, float]) -> None:
     """results.md: the design report's "Results and Analysis" fields, filled in."""
     s = summary
+    batch = f"batch size {s['batch_size']}"
+    if s.get("processes", 1) > 1:
+        batch += f" per process x {s['processes']} processes (global batch {s['batch_size'] * s['processes']})"
     lines = [
         "# Training results",
         "",
-        f"- **Device**: {s['device']}; precision {s['precision']}; batch size {s['batch_size']}",
+        f"- **Device**: {s['device']}; precision {s['precision']}; {batch}",
         f"- **Recipe**: {s['recipe']} ({s['epochs_run']} epochs)",
         f"- **Training Time**: {s['train_seconds'] / 60:.2f} minutes ({s['train_seconds']:.1f} s, "
         "training and per-epoch validation)",
         f"- **Peak Memory Usage**: {s['peak_rss_mib'] / 1024:.2f} GB resident"
+        + (" (rank 0's process)" if s.get("processes", 1) > 1 else "")
         + (f", {s['peak_gpu_mib'] / 1024:.2f} GB GPU" if "peak_gpu_mib" in s else ""),
         "",
         "## Model performance",
@@ -103,3 +110,44 @@ def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, f
         "",
     ]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
+
+
+def plot_sweep(path: Path, lrs: list[float], batch_sizes: list[int], cells: list[dict[str, Any]]) -> None:
+    """Best validation accuracy per (lr, batch size) as a heatmap, and every cell's validation curve."""
+    by_key = {(c["lr"], c["batch_size"]): c for c in cells}
+    grid = torch.full((len(lrs), len(batch_sizes)), float("nan"))
+    fig, axes = plt.subplots(1, 2, figsize=(max(11.0, 4 + 1.6 * len(batch_sizes) + 6), 4.5 + 0.3 * len(lrs)))
+    ax = axes[0]
+    for i, lr in enumerate(lrs):
+        for j, bs in enumerate(batch_sizes):
+            cell = by_key.get((lr, bs))
+            if cell is None:
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=8, color="gray")
+                continue
+            grid[i, j] = 100 * cell["best_val_acc"]
+    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
+    for (i, j), value in ((ij, grid[ij].item()) for ij in np.ndindex(*grid.shape)):
+        if not math.isnan(value):
+            cell = by_key[(lrs[i], batch_sizes[j])]
+            dark = im.norm(value) < 0.5  # viridis is dark at the low end
+            ax.text(j, i, f"val {value:.1f}%\ntest {100 * cell['test_acc']:.1f}%", ha="center", va="center",
+                    fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Best validation accuracy (%)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax = axes[1]
+    for cell in cells:
+        curve = cell["val_acc_curve"]
+        ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], "o-",
+                label=f"lr={cell['lr']:g} bs={cell['batch_size']}")
+    ax.set_title("Validation accuracy per epoch (%)")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if cells:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import subprocess
 import sys
 import time
@@ -12,10 +11,11 @@ from typing import Any, Optional
 
 import torch
 
-from . import report
+from . import distributed, report
 from .checkpoint import CheckpointError, build_model, config_of, load_checkpoint, save_checkpoint
 from .config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, RECIPES, ConfigError, TrainConfig
 from .data import LAYOUTS, DataError, Split, load_split
+from .distributed import DistInfo, PeerFailed
 from .engine import batch_slices, evaluate, train_one_epoch
 from .model import SimpleCNN
 from .runtime import amp_dtype, describe_device, peak_memory, pick_device, precision_name
@@ -37,7 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPES), help="default: the design report's recipe; "
                    "fast: SGD-nesterov + OneCycle + label smoothing + flip TTA (see README)")
     p.add_argument("--epochs", type=int, help="epochs to train (default 20)")
-    p.add_argument("--batch-size", type=int, help="batch size per process (default 128 on CUDA, 64 on CPU)")
+    p.add_argument("--batch-size", type=int, help="batch size per process (default 128 on CUDA, 64 on CPU); "
+                   "under torchrun the global batch is this times the number of processes")
     p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--weight-decay", type=float)
@@ -62,11 +63,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where decoded datasets are cached (default $CIFAR10_CACHE_DIR or ~/.cache/cifar10-service)")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars or per-epoch lines")
+    d = p.add_argument_group("multi-process training (start with torchrun, e.g. "
+                             "torchrun --nproc_per_node=2 -m training)")
+    d.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes "
+                   "(CUDA only; no effect in a single process)")
+    d.add_argument("--threads", type=int, metavar="N", default=None,
+                   help="intra-op CPU threads per process (default: $OMP_NUM_THREADS when set, else the CPUs "
+                   "divided among the processes on this node; torchrun sets OMP_NUM_THREADS=1 when it starts "
+                   "several processes per node, so pass --threads to give each more)")
+    d.add_argument("--dist-timeout", type=float, metavar="SECONDS", default=600.0,
+                   help="how long a process waits for the others (to join, or in a collective) before the job "
+                   "fails (default 600; the first decode of a large dataset on local rank 0 must fit in it)")
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"download", "resume", "eval_only", "cache_dir", "quiet"}
+    skip = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -129,12 +141,22 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: i
     return opt, sched
 
 
-def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+def _seed_epoch(seed: int, epoch: int, device: torch.device,
+                info: DistInfo = DistInfo()) -> tuple[Optional[torch.Generator], torch.Generator]:
+    """(generator of the sample order, or None to use the second; generator of the augmentation)."""
     # Every epoch's randomness (order, augmentation, dropout) derives from (seed, epoch) alone,
     # so a resumed run replays exactly what an uninterrupted one would have done.
     epoch_seed = seed * 1_000_003 + epoch
-    torch.manual_seed(epoch_seed)
-    return torch.Generator(device=device).manual_seed(epoch_seed)
+    if not info.enabled:
+        torch.manual_seed(epoch_seed)
+        return None, torch.Generator(device=device).manual_seed(epoch_seed)
+    # Under DDP every rank draws the same order (and takes its slice of it), while augmentation and
+    # dropout get a stream per rank so that ranks do not repeat each other's crops, flips and masks.
+    rank_seed = int(torch.randint(2**62, (info.world_size,),
+                                  generator=torch.Generator().manual_seed(epoch_seed))[info.rank])
+    torch.manual_seed(rank_seed)
+    return (torch.Generator(device=device).manual_seed(epoch_seed),
+            torch.Generator(device=device).manual_seed(rank_seed))
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -183,38 +205,106 @@ def _resume_config(args: argparse.Namespace, ckpt: dict, path: str) -> TrainConf
 
 
 def main(args: argparse.Namespace) -> int:
+    info = DistInfo()
     try:
+        info = distributed.from_env()
         if args.eval_only:
+            if info.enabled:
+                if info.local_rank:
+                    raise PeerFailed()  # local rank 0 says why
+                raise ConfigError("--eval-only runs in one process; start it with python -m training, not torchrun")
             return run_eval_only(args.eval_only, args)
-        return train(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return train(args, info)
+    except PeerFailed:
+        # The rank that failed reports why and exits, and torchrun then stops this one; leaving
+        # first could get that rank stopped before its message is out.
+        time.sleep(distributed.PEER_REPORT_GRACE_S)
         return 2
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {_who(info)}{exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not distributed.lost_peers(exc):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {_who(info)}another process of this job stopped answering, so this one stops too "
+              f"({detail}); torchrun's report names the rank that failed first", file=sys.stderr)
+        return 1
 
 
-def train(args: argparse.Namespace) -> int:
+def _who(info: DistInfo) -> str:
+    return f"rank {info.rank}: " if info.enabled else ""
+
+
+def _run_config(args: argparse.Namespace, info: DistInfo) -> tuple[TrainConfig, Optional[dict]]:
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    # Onto the CPU, never onto the GPU it was saved from: each rank then copies it to its own device.
     resume_ckpt = load_checkpoint(args.resume) if args.resume else None
-    if resume_ckpt is not None and "optimizer" not in resume_ckpt:
+    if resume_ckpt is None:
+        return config_from_args(args), None
+    if "optimizer" not in resume_ckpt:
         raise CheckpointError(f"{args.resume} has no optimizer state; resume from a last.pt")
-    cfg = _resume_config(args, resume_ckpt, args.resume) if resume_ckpt else config_from_args(args)
-    device = pick_device(cfg)
-    amp = amp_dtype(cfg.precision, device)
-    out_dir = Path(cfg.checkpoint_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    say = (lambda *a: None) if args.quiet else print
-    show_bars = not args.quiet and sys.stderr.isatty()
+    cfg = _resume_config(args, resume_ckpt, args.resume)
+    # The shards, the global batch and (for OneCycle) the step count all follow from the process count.
+    trained_by = int((resume_ckpt.get("provenance") or {}).get("processes", 1))
+    if trained_by != info.world_size:
+        raise ConfigError(f"{args.resume} was trained by {trained_by} process(es); resume it with the same number "
+                          f"(this run has {info.world_size})")
+    return cfg, resume_ckpt
 
+
+def train(args: argparse.Namespace, info: DistInfo = DistInfo()) -> int:
+    try:
+        cfg, resume_ckpt = _run_config(args, info)
+        device = pick_device(cfg)
+        amp = amp_dtype(cfg.precision, device)
+        if cfg.sync_bn and info.enabled and device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+        distributed.set_threads(info, args.threads)
+    except (ConfigError, CheckpointError):
+        if info.local_rank:
+            raise PeerFailed() from None  # same command line and files as local rank 0, which reports it
+        raise
+    device = distributed.rank_device(device, info)
+    with distributed.process_group(info, device, args.dist_timeout):
+        return _train(args, info, cfg, resume_ckpt, device, amp)
+
+
+def _load_data(cfg: TrainConfig, args: argparse.Namespace, info: DistInfo) -> tuple[Split, Split, Split, str]:
     train_set, val_set, test_set, val_source = prepare_data(cfg, args.download, args.cache_dir)
+    if not info.enabled and len(train_set) < 2:
+        raise ConfigError("training needs at least 2 images")
+    if info.enabled and len(train_set) < 2 * info.world_size:
+        raise ConfigError(f"training needs at least 2 images per process ({len(train_set)} for {info.world_size})")
+    if info.enabled and min(len(val_set), len(test_set)) < info.world_size:
+        raise ConfigError(f"validation and test need at least one image per process ({info.world_size})")
+    return train_set, val_set, test_set, val_source
+
+
+def _train(args: argparse.Namespace, info: DistInfo, cfg: TrainConfig, resume_ckpt: Optional[dict],
+           device: torch.device, amp: Optional[torch.dtype]) -> int:
+    main_rank = info.is_main  # the only rank that prints and writes files
+    out_dir = Path(cfg.checkpoint_dir)
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: None) if args.quiet or not main_rank else print
+    show_bars = not args.quiet and main_rank and sys.stderr.isatty()
+
+    train_set, val_set, test_set, val_source = distributed.local_main_first(
+        info, device, lambda: _load_data(cfg, args, info))
     classes = train_set.classes
     batch_size = cfg.resolved_batch_size(device.type == "cuda")
-    if len(train_set) < 2:
-        raise ConfigError("training needs at least 2 images")
+    per_rank = len(train_set) // info.world_size
 
     torch.manual_seed(cfg.seed)
     model = SimpleCNN(num_classes=len(classes), dropout=cfg.dropout)
     model_args = {"num_classes": len(classes), "dropout": cfg.dropout}
+    if cfg.sync_bn and info.enabled:
+        # Same parameter and buffer names as BatchNorm2d, so checkpoints still load into a plain SimpleCNN.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    steps_per_epoch = len(batch_slices(len(train_set), batch_size))
+    steps_per_epoch = len(batch_slices(per_rank, batch_size))
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     ema = None
@@ -246,17 +336,27 @@ def train(args: argparse.Namespace) -> int:
         start_epoch = int(resume_ckpt["epoch"]) + 1
         train_seconds = float(resume_ckpt.get("train_seconds", 0.0))
         say(f"resuming from {args.resume} after epoch {start_epoch - 1}")
+    # `model` stays the plain SimpleCNN: it is what checkpoints hold. DDP wraps it only to train.
+    trained = model
+    if info.enabled:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     provenance = {
         "git_commit": git_commit(), "torch": str(torch.__version__),
         "dataset": {"path": str(Path(cfg.data).resolve()), "train_images": len(train_set),
                     "val_images": len(val_set), "test_images": len(test_set), "val_source": val_source},
     }
+    if info.enabled:
+        provenance["processes"] = info.world_size
+        provenance["backend"] = torch.distributed.get_backend()
     common = {"config": cfg.to_dict(), "classes": classes, "model_args": model_args,
               "normalization": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD), "input_size": IMAGE_SIZE},
               "provenance": provenance}
 
     def save_last(epoch: int) -> None:
+        if not main_rank:
+            return
         save_checkpoint(out_dir / "last.pt", {
             **common, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -267,17 +367,21 @@ def train(args: argparse.Namespace) -> int:
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         })
 
+    batch_desc = f"batch {batch_size}"
+    if info.enabled:
+        batch_desc = (f"{info.world_size} processes ({provenance['backend']}) x batch {batch_size} = global batch "
+                      f"{info.world_size * batch_size}{', SyncBatchNorm' if cfg.sync_bn else ''}")
     say(f"training SimpleCNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {len(train_set):,} "
-        f"images, {len(classes)} classes | {describe_device(device)}, {precision_name(amp)}, batch {batch_size}, "
+        f"images, {len(classes)} classes | {describe_device(device)}, {precision_name(amp)}, {batch_desc}, "
         f"recipe {cfg.recipe} | validation: {val_source}")
     if resume_ckpt is None:
         save_last(0)  # so that an interrupt during the first epoch still leaves a resumable last.pt
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
-            generator = _seed_epoch(cfg.seed, epoch, device)
+            order_generator, generator = _seed_epoch(cfg.seed, epoch, device, info)
             lr = optimizer.param_groups[0]["lr"]
-            bar = _progress(len(train_set), f"epoch {epoch}/{cfg.epochs}", show_bars)
+            bar = _progress(per_rank, f"epoch {epoch}/{cfg.epochs}", show_bars)
             last_seen = [0]
 
             def on_step(step, seen, loss, acc, _bar=bar, _t=time.perf_counter()):
@@ -288,14 +392,16 @@ def train(args: argparse.Namespace) -> int:
                                      img_s=f"{seen / (time.perf_counter() - _t):,.0f}")
 
             stats = train_one_epoch(
-                model, optimizer, scheduler, images, labels, batch_size=batch_size, mean=mean, std=std,
+                trained, optimizer, scheduler, images, labels, batch_size=batch_size, mean=mean, std=std,
                 amp=amp, generator=generator, crop_padding=cfg.crop_padding, flip=cfg.flip,
                 label_smoothing=cfg.label_smoothing, scaler=scaler,
-                step_scheduler_per_batch=cfg.schedule == "onecycle", ema=ema, on_step=on_step)
+                step_scheduler_per_batch=cfg.schedule == "onecycle", ema=ema, on_step=on_step,
+                shard=info.shard, order_generator=order_generator)
             if bar is not None:
                 bar.close()
+            distributed.broadcast_buffers(evaluated)
             val = evaluate(evaluated, val_images, val_labels, mean=mean, std=std, amp=amp, tta_flip=cfg.tta_flip,
-                           num_classes=len(classes))
+                           num_classes=len(classes), shard=info.shard)
             epoch_seconds = time.perf_counter() - epoch_start  # training + validation
             train_seconds += epoch_seconds
             history.append({
@@ -303,50 +409,60 @@ def train(args: argparse.Namespace) -> int:
                 "val_loss": val["loss"], "val_acc": val["acc"], "seconds": stats["seconds"],
                 "img_s": stats["img_s"], "epoch_seconds": epoch_seconds, "samples": stats["samples"],
             })
+            # val["acc"] is a ratio of all-reduced integer counts, identical on every rank, so all
+            # ranks pick the same best epoch (and keep the same best_state for last.pt and finish()).
             if val["acc"] > best["val_acc"]:
                 best = {"val_acc": val["acc"], "val_loss": val["loss"], "epoch": epoch,
                         "train_acc": stats["acc"], "train_loss": stats["loss"]}
                 best_state = copy.deepcopy(evaluated.state_dict())
-                save_checkpoint(out_dir / "best.pt", {**common, "model": best_state, "epoch": epoch, "metrics": best})
+                if main_rank:
+                    save_checkpoint(out_dir / "best.pt", {**common, "model": best_state, "epoch": epoch,
+                                                          "metrics": best})
             save_last(epoch)
-            report.write_history(out_dir, history)
+            if main_rank:
+                report.write_history(out_dir, history)
             say(f"epoch {epoch:3d}/{cfg.epochs}  train loss {stats['loss']:.4f} acc {100 * stats['acc']:6.2f}%  "
                 f"| val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%  | lr {lr:.2e}  "
                 f"{stats['seconds']:5.1f}s {stats['img_s']:,.0f} img/s" + ("  *best" if best["epoch"] == epoch else ""))
     except KeyboardInterrupt:
         # last.pt is written after every epoch, so it already holds the last finished one.
-        done = history[-1]["epoch"] if history else start_epoch - 1
-        print(f"\ninterrupted: {out_dir / 'last.pt'} holds the state after epoch {done}; "
-              f"continue with --resume {out_dir / 'last.pt'}", file=sys.stderr)
+        if main_rank:
+            done = history[-1]["epoch"] if history else start_epoch - 1
+            print(f"\ninterrupted: {out_dir / 'last.pt'} holds the state after epoch {done}; "
+                  f"continue with --resume {out_dir / 'last.pt'}", file=sys.stderr)
         return 130
 
     if best_state is None:
         raise CheckpointError("no epoch was trained, so there is no best model to evaluate")
     return finish(model, best_state, best, history, common, cfg, out_dir, device, amp, batch_size,
-                  train_seconds, test_set, val_source, classes)
+                  train_seconds, test_set, val_source, classes, info)
 
 
 def finish(model, best_state, best, history, common, cfg, out_dir, device, amp, batch_size, train_seconds,
-           test_set, val_source, classes) -> int:
-    """Test best.pt once in fp32 (what export will ship), then write the reports."""
+           test_set, val_source, classes, info: DistInfo = DistInfo()) -> int:
+    """Test best.pt once in fp32 (what export will ship), then write the reports (rank 0)."""
     model.load_state_dict(best_state)
     mean = torch.tensor(CIFAR10_MEAN, device=device)
     std = torch.tensor(CIFAR10_STD, device=device)
     test = evaluate(model, test_set.images.to(device), test_set.labels, mean=mean, std=std,
-                    tta_flip=cfg.tta_flip, num_classes=len(classes))
+                    tta_flip=cfg.tta_flip, num_classes=len(classes), shard=info.shard)
+    if not info.is_main:
+        return 0
     per_class = report.per_class_accuracy(test["confusion"], classes)
     metrics = {**best, "test_acc": test["acc"], "test_loss": test["loss"], "test_images": len(test_set),
                "per_class_test_acc": per_class}
-    save_checkpoint(out_dir / "best.pt", {**common, "model": best_state, "epoch": best["epoch"], "metrics": metrics})
     last = history[-1]
     summary = {
         "device": describe_device(device), "precision": precision_name(amp), "batch_size": batch_size,
-        "recipe": cfg.recipe, "epochs_run": last["epoch"], "train_seconds": train_seconds,
+        "processes": info.world_size, "recipe": cfg.recipe, "epochs_run": last["epoch"],
+        "train_seconds": train_seconds,
         **peak_memory(device), "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
         "final_val_loss": last["val_loss"], "test_acc": test["acc"], "test_images": len(test_set),
         "tta_flip": cfg.tta_flip, "val_source": val_source,
     }
+    save_checkpoint(out_dir / "best.pt", {**common, "model": best_state, "epoch": best["epoch"], "metrics": metrics,
+                                          "summary": summary})
     report.plot_curves(out_dir, history)
     report.plot_confusion(out_dir, test["confusion"], classes,
                           f"best.pt (epoch {best['epoch']}) on the test split: {100 * test['acc']:.2f}%")
