@@ -36,3 +36,12 @@ def test_bad_values_are_rejected(bad, message):
 def test_round_trip_through_dict():
     cfg = TrainConfig.for_recipe("fast", seed=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_command_line_flags_override_the_recipe_and_only_given_ones_do():
+    from training.train import config_from_args, get_args_parser
+
+    cfg = config_from_args(get_args_parser().parse_args(["--recipe", "fast", "--crop-padding", "3", "--lr", "0.2"]))
+    assert (cfg.crop_padding, cfg.lr, cfg.optimizer) == (3, 0.2, "sgd")
+    assert config_from_args(get_args_parser().parse_args(["--recipe", "fast"])).crop_padding == \
+        RECIPES["fast"].get("crop_padding", TrainConfig().crop_padding)

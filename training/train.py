@@ -45,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights "
                    "with this decay per step and validate/save it (0 = off)")
+    p.add_argument("--crop-padding", type=int, metavar="PX",
+                   help="zero padding before the random 32x32 crop (default 4; the fast recipe uses less)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
