@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "datasets" / "cifar10")
+# Absolute: make passes CIFAR10_DATA relative to the project root, and the browser needs absolute paths.
+SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "datasets" / "cifar10").resolve()
 
 
 @pytest.fixture(autouse=True)

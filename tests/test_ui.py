@@ -67,7 +67,7 @@ def test_page_classifies_an_image_and_shows_errors(browser, server, tmp_path):
     browser.get(f"{server.url}/ui")
     WebDriverWait(browser, 30).until(lambda d: "cifar10-simplecnn" in d.find_element(By.ID, "model").text)
     upload = browser.find_element(By.ID, "files")
-    upload.send_keys(str(image))
+    upload.send_keys(str(image.resolve()))
     card = _wait_for_results(browser, 1)[0]
     assert card.find_element(By.CSS_SELECTOR, ".label").text.startswith(image.parent.name + " (")
     assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 3
@@ -75,7 +75,7 @@ def test_page_classifies_an_image_and_shows_errors(browser, server, tmp_path):
 
     text = tmp_path / "notes.txt"
     text.write_text("this is not an image")
-    upload.send_keys(str(text))
+    upload.send_keys(str(text.resolve()))
     newest = _wait_for_results(browser, 2)[0]  # new results go on top
     error = newest.find_element(By.CSS_SELECTOR, ".error").text
     assert "notes.txt" in error and "not_an_image" in error
