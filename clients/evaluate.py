@@ -7,9 +7,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .client import Client, ServiceError
+from serving.preprocess import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .client import Client, ServiceError
 
 
 class EvalError(Exception):
@@ -18,7 +18,7 @@ class EvalError(Exception):
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir()
-                  if d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+                  if d.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir()))
 
 
 def find_samples(root: Path) -> tuple[Path, list[tuple[Path, str]]]:
@@ -32,7 +32,7 @@ def find_samples(root: Path) -> tuple[Path, list[tuple[Path, str]]]:
     if not dirs:
         raise EvalError(f"{root} has no class folders with images; --eval takes an ImageFolder split "
                         "(<dir>/<class>/*.jpg) or a dataset root with test/<class>/*.jpg")
-    samples = [(f, d.name) for d in dirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    samples = [(f, d.name) for d in dirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
     return root, samples
 
 

@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from training.checkpoint import CheckpointError, load_checkpoint

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 RESIZE_FILTER = Image.Resampling.BILINEAR
+# File names an image folder is read by (training's ImageFolder, `cifar10-classify --eval`).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 # Checked from the header, before any pixel is decoded: 40 MP is a 7,300 x 5,500 photo.
 DEFAULT_MAX_PIXELS = 40_000_000
 

@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "datasets" / "cifar10").resolve()
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar_test_images(n_per_class: int = 1) -> list[Path]:
+    """The first n test JPEGs of each class of the shared CIFAR-10 copy, class by class."""
+    return [p for c in CIFAR10_CLASSES for p in sorted((SHARED_CIFAR / "test" / c).glob("*.jpg"))[:n_per_class]]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Decoded-dataset caches go to a per-session temp folder, never the user's ~/.cache.

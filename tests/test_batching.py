@@ -1,7 +1,6 @@
 import asyncio
 
 import numpy as np
-import pytest
 
 from serving.batching import MicroBatcher
 

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from clients import Client, Prediction, ServiceError, ServiceUnreachable
-from conftest import ROOT, SHARED_CIFAR, free_port
+from conftest import CIFAR10_CLASSES, ROOT, cifar_test_images, free_port
 from serving.preprocess import decode
 
 pytestmark = pytest.mark.slow
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASSES = CIFAR10_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,8 @@ def client(server):
         yield c
 
 
-def sample_images(n_per_class=1) -> list[Path]:
-    return [p for c in CLASSES for p in sorted((SHARED_CIFAR / "test" / c).glob("*.jpg"))[:n_per_class]]
-
-
 def test_path_bytes_file_and_pil_image_give_the_models_answer(client, onnx_probs):
-    paths = sample_images()
+    paths = cifar_test_images()
     expected = onnx_probs(paths)
     for path, probs in zip(paths, expected):
         with open(path, "rb") as f:
@@ -58,7 +54,7 @@ def test_path_bytes_file_and_pil_image_give_the_models_answer(client, onnx_probs
 
 
 def test_batch_keeps_order_and_splits_past_the_service_limit(client, onnx_probs):
-    paths = sample_images(7)  # 70 images: two requests of at most 64
+    paths = cifar_test_images(7)  # 70 images: two requests of at most 64
     expected = onnx_probs(paths).argmax(1)
     answers = client.classify_batch(paths, top_k=1)
     assert [a.index for a in answers] == list(expected)
@@ -79,11 +75,11 @@ def test_service_errors_carry_message_status_and_code(client, tmp_path):
         client.classify(text)
     assert err.value.status == 400 and err.value.code == "not_an_image" and "notes.txt" in err.value.message
     with pytest.raises(ServiceError) as err:
-        client.classify(sample_images()[0], top_k=11)
+        client.classify(cifar_test_images()[0], top_k=11)
     assert err.value.status == 400 and err.value.code == "invalid_top_k"
     with pytest.raises(TypeError, match="cannot send a int"):
         client.classify(42)
-    assert client.classify(sample_images()[0]).label in CLASSES  # still answering
+    assert client.classify(cifar_test_images()[0]).label in CLASSES  # still answering
 
 
 def test_unreachable_url_is_named_in_the_error():
@@ -148,7 +144,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_table_json_and_exit_codes(server, onnx_probs, tmp_path):
-    images = sample_images()[:3]
+    images = cifar_test_images()[:3]
     expected = [CLASSES[i] for i in onnx_probs(images).argmax(1)]
     ok = run_cli(*map(str, images), "--url", server.url)
     assert ok.returncode == 0, ok.stderr

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHARED_CIFAR, Server, encode, png_claiming
+from conftest import CIFAR10_CLASSES, ROOT, Server, cifar_test_images, encode, png_claiming
 
 pytestmark = pytest.mark.slow
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CLASSES = CIFAR10_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,6 @@ def client(server):
         yield c
 
 
-def test_images(n_per_class=2) -> list[Path]:
-    return [p for c in CLASSES for p in sorted((SHARED_CIFAR / "test" / c).glob("*.jpg"))[:n_per_class]]
-
-
-test_images.__test__ = False  # a helper, not a test
 
 
 def post_image(client, data: bytes, name="x", ctype="image/jpeg", **fields):
@@ -39,7 +33,7 @@ def post_image(client, data: bytes, name="x", ctype="image/jpeg", **fields):
 
 def test_predictions_match_the_exported_model_in_process(client, bento_home):
     session = ort.InferenceSession(str(bento_home / "artifacts" / "model.onnx"))
-    paths = test_images()
+    paths = cifar_test_images(2)
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     expected = session.run(["probabilities"], {"image": pixels})[0]
     for path, probs in zip(paths, expected):
@@ -54,7 +48,7 @@ def test_predictions_match_the_exported_model_in_process(client, bento_home):
 
 
 def test_top_k_and_probabilities(client):
-    data = test_images(1)[0].read_bytes()
+    data = cifar_test_images(1)[0].read_bytes()
     body = post_image(client, data, top_k="10").json()
     assert len(body["top_k"]) == 10
     assert abs(sum(t["probability"] for t in body["top_k"]) - 1) < 1e-4
@@ -99,7 +93,7 @@ def test_every_format_is_classified(client, name):
 
 
 def _bad_requests():
-    jpeg = test_images(1)[0].read_bytes()
+    jpeg = cifar_test_images(1)[0].read_bytes()
     return {
         "not_an_image": (lambda c: post_image(c, b"just some text", ctype="text/plain"), 400, "not_an_image"),
         "truncated": (lambda c: post_image(c, jpeg[: len(jpeg) // 3]), 400, "corrupt_image"),
@@ -129,12 +123,12 @@ def test_bad_input_is_a_clear_4xx_and_the_service_survives(client, name):
     assert r.status_code == status, r.text
     body = r.json()
     assert body["code"] == code and isinstance(body["error"], str) and body["error"]
-    ok = post_image(client, test_images(1)[0].read_bytes())
+    ok = post_image(client, cifar_test_images(1)[0].read_bytes())
     assert ok.status_code == 200 and ok.json()["label"] in CLASSES
 
 
 def test_batch_keeps_request_order(client):
-    paths = test_images(1)
+    paths = cifar_test_images(1)
     single = [post_image(client, p.read_bytes()).json() for p in paths]
     r = client.post("/classify_batch", files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths])
     assert r.status_code == 200, r.text
@@ -145,7 +139,7 @@ def test_batch_keeps_request_order(client):
 
 
 def test_concurrent_requests_get_their_own_answers(client, server):
-    paths = test_images(2)
+    paths = cifar_test_images(2)
     expected = {p: post_image(client, p.read_bytes()).json()["index"] for p in paths}
 
     def one(p):
@@ -174,7 +168,7 @@ def test_torchscript_runtime_gives_the_same_answers(bento_home, client, server):
                  {"CIFAR10_RUNTIME": "torchscript", "CIFAR10_ACCESS_LOG": "on"})
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as ts:
-            for p in test_images(1):
+            for p in cifar_test_images(1):
                 a = post_image(client, p.read_bytes()).json()
                 b = post_image(ts, p.read_bytes()).json()
                 assert b["model"]["runtime"] == "torchscript" and b["model"]["device"] == "cpu"
@@ -213,7 +207,7 @@ def test_built_bento_serves(bento_home, tmp_path):
     srv = Server(tag, bento_home, cwd=tmp_path)  # away from the source tree: only the bento is used
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
-            r = post_image(c, test_images(1)[0].read_bytes())
+            r = post_image(c, cifar_test_images(1)[0].read_bytes())
             assert r.status_code == 200 and r.json()["label"] in CLASSES
             page = c.get("/ui")
             assert page.status_code == 200 and "<title>CIFAR-10 classifier</title>" in page.text
@@ -238,7 +232,7 @@ def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
     srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_DEVICE": "cuda", "CIFAR10_RUNTIME": runtime})
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as gpu:
-            for p in test_images(1):
+            for p in cifar_test_images(1):
                 a = post_image(client, p.read_bytes()).json()
                 b = post_image(gpu, p.read_bytes()).json()
                 assert b["model"]["device"] == "cuda"

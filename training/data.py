@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.preprocess import RESIZE_FILTER, prepare
+from serving.preprocess import IMAGE_EXTENSIONS, RESIZE_FILTER, prepare
 
 from .config import IMAGE_SIZE
 from .io import atomic_torch_save
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 CIFAR_BATCHES = "cifar-10-batches-py"
 LAYOUTS = (
     f"an ImageFolder tree (train/<class>/*.jpg and test/<class>/*.jpg) or a torchvision CIFAR-10 "
