@@ -5,6 +5,7 @@
 Needs `hey` (Debian package `hey`) and cifar10-simplecnn:latest in the BentoML store. Every server
 runs on a free loopback port, one at a time, and is stopped (by PID) after its rows. Rows:
   service (default config)      - bentoml serve, the defaults a user gets
+  service fast lane off         - CIFAR10_FAST_LANE=off (every request through BentoML's middleware)
   service batching off          - CIFAR10_BATCHING=off
   service access log on         - CIFAR10_ACCESS_LOG=on
   service 2 workers             - CIFAR10_WORKERS=2
@@ -90,7 +91,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--bentoml-home", default=os.environ.get("BENTOML_HOME"))
     p.add_argument("--image", default=None, help="image to POST (default: a CIFAR-10 test JPEG)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these rows (default, nobatch, accesslog, workers2, peer)")
+    p.add_argument("--only", nargs="+", default=None, help="run only these rows (default, nolane, nobatch, accesslog, workers2, peer)")
     args = p.parse_args()
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
@@ -117,6 +118,7 @@ def main() -> int:
     bentoml = str(Path(sys.executable).parent / "bentoml")
     configs = {
         "default": ("service (default config)", {}),
+        "nolane": ("service fast lane off", {"CIFAR10_FAST_LANE": "off"}),
         "nobatch": ("service batching off", {"CIFAR10_BATCHING": "off"}),
         "accesslog": ("service access log on", {"CIFAR10_ACCESS_LOG": "on"}),
         "workers2": ("service 2 workers", {"CIFAR10_WORKERS": "2"}),
@@ -151,7 +153,7 @@ def main() -> int:
                   f"{r['requests'] - r['ok']:>7}")
     figures = {}
     for key, rows in results.items():
-        name = {"default": "service", "nobatch": "service_nobatch", "accesslog": "service_log",
+        name = {"default": "service", "nolane": "service_nolane", "nobatch": "service_nobatch", "accesslog": "service_log",
                 "workers2": "service_2w", "peer": "peer"}[key]
         for c, r in rows.items():
             figures[f"{name}_rps_c{c}"] = round(r["rps"], 1)

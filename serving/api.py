@@ -16,8 +16,9 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 
+from . import fastlane
 from .errors import RequestError
 from .preprocess import ImageError, decode
 
@@ -151,3 +152,25 @@ app = Starlette(routes=[
     Route("/model_info", _guard(model_info), methods=["POST", "GET"]),
     Route("/ui", ui, methods=["GET"]),
 ])
+# The same handlers as plain ASGI apps, for the fast lane (serving/fastlane.py).
+HOT_ROUTES = {"/classify": request_response(_guard(classify)),
+              "/classify_batch": request_response(_guard(classify_batch))}
+
+
+def mounted_app(fast_lane: bool, timeout: float):
+    """What the service mounts at "/": `app`, and with fast_lane the lane installed by the first request.
+
+    Only a request that reaches this mount sees BentoML's outer app (scope["app"] is still the outer
+    Starlette here; the mounted app overwrites it next), so that is where the lane is put in place.
+    """
+    if not fast_lane:
+        return app
+    installed = False
+
+    async def mount(scope, receive, send):
+        nonlocal installed
+        if not installed and scope["type"] == "http":
+            installed = True
+            fastlane.install(scope.get("app"), HOT_ROUTES, timeout)  # logs why when it cannot
+        await app(scope, receive, send)
+    return mount

@@ -44,6 +44,7 @@ class Settings:
     max_pixels: int
     access_log: bool
     tracing: bool
+    fast_lane: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,4 +65,7 @@ class Settings:
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
+            # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py);
+            # access logs and tracing live in that middleware, so either one turns the lane off.
+            fast_lane=_bool("CIFAR10_FAST_LANE", True),
         )

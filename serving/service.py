@@ -2,7 +2,7 @@
 
 Configuration is by environment (see README "Serving"): CIFAR10_RUNTIME, CIFAR10_DEVICE,
 CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH, CIFAR10_MAX_UPLOAD_MB,
-CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_MODEL.
+CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL.
 """
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from .api import MAX_BATCH_IMAGES, app
+from .api import MAX_BATCH_IMAGES, mounted_app
 from .config import Settings
 
 log = logging.getLogger("bentoml.cifar10_service")
 SETTINGS = Settings.from_env()
+TIMEOUT_S = 30
+FAST_LANE = SETTINGS.fast_lane and not SETTINGS.access_log and not SETTINGS.tracing
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="cifar10_predictions_total",
@@ -28,13 +30,13 @@ PREDICTIONS = bentoml.metrics.Counter(
 )
 
 
-@bentoml.asgi_app(app, path="/")
+@bentoml.asgi_app(mounted_app(FAST_LANE, TIMEOUT_S), path="/")
 @bentoml.service(
     name="cifar10_classifier",
     workers=SETTINGS.workers,
-    traffic={"timeout": 30},
-    # One formatted log line per request costs about a fifth of the requests/s at c=1 (README,
-    # "Load test"); CIFAR10_ACCESS_LOG=on brings them back.
+    traffic={"timeout": TIMEOUT_S},
+    # One formatted log line per request (and the full middleware stack it needs) costs 8-21% of
+    # the requests/s (README, "Load test"); CIFAR10_ACCESS_LOG=on brings them back.
     logging={"access": {"enabled": SETTINGS.access_log}},
     # An OpenTelemetry span per request costs about a fifth of this service's CPU time per
     # request; spans for the hot endpoints are opt-in (CIFAR10_TRACING=on, with an exporter set).
@@ -93,5 +95,6 @@ class CIFAR10Classifier:
             "metrics": m.get("metrics"), "source_checkpoint_sha256": m["source_checkpoint"]["sha256"],
             "git_commit": m.get("git_commit"), "exported_at": m.get("exported_at"),
             "serving": {"batching": SETTINGS.batching, "max_batch": SETTINGS.max_batch, "threads": SETTINGS.threads,
-                        "workers": SETTINGS.workers, "max_upload_bytes": SETTINGS.max_upload_bytes},
+                        "workers": SETTINGS.workers, "max_upload_bytes": SETTINGS.max_upload_bytes,
+                        "fast_lane": FAST_LANE},
         }

@@ -45,3 +45,9 @@ def test_command_line_flags_override_the_recipe_and_only_given_ones_do():
     assert (cfg.crop_padding, cfg.lr, cfg.optimizer) == (3, 0.2, "sgd")
     assert config_from_args(get_args_parser().parse_args(["--recipe", "fast"])).crop_padding == \
         RECIPES["fast"].get("crop_padding", TrainConfig().crop_padding)
+    # The report's dropout unless a recipe or the flag says otherwise; out of range is refused.
+    assert config_from_args(get_args_parser().parse_args([])).dropout == 0.5
+    assert config_from_args(get_args_parser().parse_args(["--recipe", "fast"])).dropout == RECIPES["fast"]["dropout"]
+    assert config_from_args(get_args_parser().parse_args(["--recipe", "fast", "--dropout", "0.3"])).dropout == 0.3
+    with pytest.raises(ConfigError, match="dropout"):
+        config_from_args(get_args_parser().parse_args(["--dropout", "1.0"]))

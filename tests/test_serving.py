@@ -162,6 +162,27 @@ def test_model_info_readyz_livez_metrics(client):
     assert "cifar10_predictions_total" in metrics and 'label="' in metrics
 
 
+def _classify_count(client) -> float:
+    """BentoML's own request counter for POST /classify answered 200, summed over its label sets."""
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if (line.startswith("bentoml_service_request_total{") and 'endpoint="/classify"' in line
+                and 'http_response_code="200"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_fast_lane_keeps_bentoml_request_metrics(client, server):
+    # The lane (serving/fastlane.py) skips BentoML's middleware but must still be counted by it.
+    post_image(client, cifar_test_images(1)[0].read_bytes())  # the first request installs the lane
+    before = _classify_count(client)
+    for p in cifar_test_images(1)[:3]:
+        assert post_image(client, p.read_bytes()).status_code == 200
+    assert _classify_count(client) == before + 3
+    assert client.post("/model_info").json()["serving"]["fast_lane"] is True
+    assert "fast lane on for /classify, /classify_batch (BentoML request metrics kept)" in server.log.read_text()
+
+
 def test_torchscript_runtime_gives_the_same_answers(bento_home, client, server):
     # This server also turns the access log on, to check that the switch works.
     srv = Server("serving.service:CIFAR10Classifier", bento_home,

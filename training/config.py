@@ -103,8 +103,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "schedule": "onecycle",
         "label_smoothing": 0.1,
         "batch_size": 128,
-        # SimpleCNN underfits in 20 epochs: a 1-pixel crop pad (not the report's 4) measured +1.1 points.
+        # SimpleCNN underfits in 20 epochs, so less regularization wins: a 1-pixel crop pad (not the
+        # report's 4) measured +1.1 points, and no dropout (the layer stays, p=0; inference is
+        # unchanged) +0.7-0.9 more (README, "Recipes").
         "crop_padding": 1,
+        "dropout": 0.0,
         "tta_flip": True,
     },
 }

@@ -35,7 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", default=False,
                    help="download CIFAR-10 into --data when it is not there")
     p.add_argument("--recipe", choices=list(RECIPES), help="default: the design report's recipe; "
-                   "fast: SGD-nesterov + OneCycle + label smoothing + flip TTA (see README)")
+                   "fast: SGD-nesterov + OneCycle + label smoothing + light augmentation, no dropout + flip TTA "
+                   "(see README)")
     p.add_argument("--epochs", type=int, help="epochs to train (default 20)")
     p.add_argument("--batch-size", type=int, help="batch size per process (default 128 on CUDA, 64 on CPU); "
                    "under torchrun the global batch is this times the number of processes")
@@ -45,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights "
                    "with this decay per step and validate/save it (0 = off)")
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout probability before the last layer while training (default 0.5; "
+                   "identity at inference, so the exported model is the same)")
     p.add_argument("--crop-padding", type=int, metavar="PX",
                    help="zero padding before the random 32x32 crop (default 4; the fast recipe uses less)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
