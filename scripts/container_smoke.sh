@@ -25,7 +25,7 @@ Options:
   -e NAME=VALUE         environment for the container (repeatable); CIFAR10_RUNTIME, CIFAR10_DEVICE,
                         CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH,
                         CIFAR10_MAX_UPLOAD_MB, CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG,
-                        CIFAR10_TRACING and CIFAR10_MODEL are passed through when set
+                        CIFAR10_TRACING, CIFAR10_FAST_LANE and CIFAR10_MODEL are passed through when set
   --data DIR            CIFAR-10 folder with test/<class>/*.jpg (default $CIFAR10_DATA, else
                         ../shared/datasets/cifar10, else ./data)
   --per-class N         test images per class sent to /classify (default 2)
@@ -414,7 +414,8 @@ if [[ $GPU -eq 1 ]]; then
     if [[ "$TOOL" == docker ]]; then RUN_ARGS+=(--gpus all); else RUN_ARGS+=(--device nvidia.com/gpu=all); fi
 fi
 for name in CIFAR10_RUNTIME CIFAR10_DEVICE CIFAR10_WORKERS CIFAR10_THREADS CIFAR10_BATCHING CIFAR10_MAX_BATCH \
-            CIFAR10_MAX_UPLOAD_MB CIFAR10_MAX_PIXELS CIFAR10_ACCESS_LOG CIFAR10_TRACING CIFAR10_MODEL; do
+            CIFAR10_MAX_UPLOAD_MB CIFAR10_MAX_PIXELS CIFAR10_ACCESS_LOG CIFAR10_TRACING CIFAR10_FAST_LANE \
+            CIFAR10_MODEL; do
     if [[ -n "${!name:-}" ]]; then RUN_ARGS+=(-e "$name=${!name}"); fi
 done
 for pair in "${USER_ENVS[@]}"; do RUN_ARGS+=(-e "$pair"); done
@@ -620,6 +621,15 @@ if [[ "$("$TOOL" inspect --format '{{.State.Running}}' "$CID" 2>/dev/null)" == t
     record PASS "still running" "container up after all requests"
 else
     record FAIL "still running" "the container stopped during the checks"
+fi
+# The fast lane depends on the BentoML inside the image (serving/fastlane.py): say whether it is on there.
+lane_line="$("$TOOL" logs "$CID" 2>&1 | grep -m 1 -o 'fast lane o[nf][^(]*' || true)"
+if [[ "$lane_line" == "fast lane on"* ]]; then
+    record PASS "fast lane" "$lane_line"
+elif [[ -z "$lane_line" ]]; then  # the service logs on or off once the lane is asked for
+    record SKIP "fast lane" "not asked for (CIFAR10_FAST_LANE, CIFAR10_ACCESS_LOG or CIFAR10_TRACING)"
+else
+    record FAIL "fast lane" "$lane_line"
 fi
 
 echo "Timings: bento build ${T_BUILD}s, containerize ${T_CONTAINERIZE}s, start to ready ${T_READY}s"
