@@ -13,8 +13,9 @@ scheduling hop under load. The lane keeps what a user of the service relies on:
 
 It is not used when access logs or tracing are on (both live in the skipped layers), with
 CIFAR10_FAST_LANE=off, or when BentoML's stack holds any layer not known to be safe to skip (CORS,
-a concurrency cap, a user's middleware). It is installed by the first request that reaches our mounted app, which is the
-moment BentoML's outer Starlette app is known (scope["app"]) and its middleware stack is built.
+a concurrency cap, a user's middleware). It is installed by the first request that reaches our
+mounted app, which is the moment BentoML's outer Starlette app is known (scope["app"]) and its
+middleware stack is built.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .errors import RequestError
 log = logging.getLogger("bentoml.cifar10_service")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 
 
 # The layers the lane may skip: each does nothing a /classify caller needs that the lane does not
@@ -80,10 +82,14 @@ class FastLane:
             started = True
             await send(message)
 
+        route = self.routes[scope["path"]]
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.routes[scope["path"]](scope, receive, tracked_send)
-        except TimeoutError:
+            if _HAS_TIMEOUT:
+                async with asyncio.timeout(self.timeout):
+                    await route(scope, receive, tracked_send)
+            else:  # Python 3.10: wait_for costs the extra task the lane otherwise avoids
+                await asyncio.wait_for(route(scope, receive, tracked_send), self.timeout)
+        except (TimeoutError, asyncio.TimeoutError):
             if not started:
                 await RequestError(504, "timeout", f"the request took longer than {self.timeout:g} s "
                                    "(a slow upload?)").response()(scope, receive, send)
@@ -102,7 +108,11 @@ def install(outer_app: Any, routes: dict[str, ASGIApp], timeout: float) -> bool:
     if kept:
         log.info("fast lane off: BentoML's middleware includes %s, which the lane would skip", ", ".join(kept))
         return False
-    lane = FastLane(stack, routes, timeout)
+    try:
+        lane = FastLane(stack, routes, timeout)
+    except Exception as exc:  # a BentoML whose metrics layer cannot be copied this way: stay on the full stack
+        log.warning("fast lane off: could not build it around BentoML's middleware (%s)", exc)
+        return False
     outer_app.middleware_stack = lane
     log.info("fast lane on for %s (BentoML request metrics %s)", ", ".join(sorted(routes)),
              "kept" if lane.with_metrics else "disabled in BentoML's config")

@@ -2,6 +2,8 @@
 import asyncio
 import json
 
+import pytest
+
 from serving import fastlane
 
 
@@ -89,7 +91,10 @@ def test_without_bentoml_metrics_the_lane_calls_the_route_directly():
     assert _call(outer.middleware_stack, "POST", "/classify") == (201, b"lane")
 
 
-def test_a_request_over_the_timeout_is_a_504_in_the_service_error_shape():
+@pytest.mark.parametrize("has_asyncio_timeout", [True, False], ids=["py311+", "py310"])
+def test_a_request_over_the_timeout_is_a_504_in_the_service_error_shape(monkeypatch, has_asyncio_timeout):
+    monkeypatch.setattr(fastlane, "_HAS_TIMEOUT", has_asyncio_timeout and hasattr(asyncio, "timeout"))
+
     async def slow(scope, receive, send):
         await asyncio.sleep(5)
 
