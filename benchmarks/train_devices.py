@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from training.config import RECIPES  # noqa: E402
+from training.report import images_per_second  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -102,7 +103,7 @@ def measure(device: str, name: str, procs: int, args: argparse.Namespace, out: P
         "device": device, "name": name, "processes": procs, "setup": summary.get("device"),
         "batch_per_process": summary.get("batch_size"), "precision": summary.get("precision"),
         "epochs": len(history), "wall_s": round(wall, 1), "train_s": round(train_s, 1),
-        "img_s": round(sum(h["samples"] for h in history) / train_s, 1), "peak_rss_mib": round(rss),
+        "img_s": round(images_per_second(history), 1), "peak_rss_mib": round(rss),
         "peak_gpu_mib": round(summary["peak_gpu_mib"]) if "peak_gpu_mib" in summary else None,
         "best_val_acc": round(metrics["val_acc"], 4), "test_acc": round(metrics["test_acc"], 4),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],

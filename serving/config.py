@@ -46,6 +46,11 @@ class Settings:
     tracing: bool
     fast_lane: bool
 
+    @property
+    def use_fast_lane(self) -> bool:
+        # Access logs and tracing live in the middleware the lane skips, so either one turns it off.
+        return self.fast_lane and not self.access_log and not self.tracing
+
     @classmethod
     def from_env(cls) -> "Settings":
         workers = _int("CIFAR10_WORKERS", 1)
@@ -65,7 +70,6 @@ class Settings:
             max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
-            # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py);
-            # access logs and tracing live in that middleware, so either one turns the lane off.
+            # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py).
             fast_lane=_bool("CIFAR10_FAST_LANE", True),
         )

@@ -21,7 +21,6 @@ from .config import Settings
 log = logging.getLogger("bentoml.cifar10_service")
 SETTINGS = Settings.from_env()
 TIMEOUT_S = 30
-FAST_LANE = SETTINGS.fast_lane and not SETTINGS.access_log and not SETTINGS.tracing
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="cifar10_predictions_total",
@@ -30,7 +29,7 @@ PREDICTIONS = bentoml.metrics.Counter(
 )
 
 
-@bentoml.asgi_app(mounted_app(FAST_LANE, TIMEOUT_S), path="/")
+@bentoml.asgi_app(mounted_app(SETTINGS.use_fast_lane, TIMEOUT_S), path="/")
 @bentoml.service(
     name="cifar10_classifier",
     workers=SETTINGS.workers,
@@ -96,5 +95,5 @@ class CIFAR10Classifier:
             "git_commit": m.get("git_commit"), "exported_at": m.get("exported_at"),
             "serving": {"batching": SETTINGS.batching, "max_batch": SETTINGS.max_batch, "threads": SETTINGS.threads,
                         "workers": SETTINGS.workers, "max_upload_bytes": SETTINGS.max_upload_bytes,
-                        "fast_lane": FAST_LANE},
+                        "fast_lane": SETTINGS.use_fast_lane},
         }

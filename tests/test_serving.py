@@ -25,8 +25,6 @@ def client(server):
         yield c
 
 
-
-
 def post_image(client, data: bytes, name="x", ctype="image/jpeg", **fields):
     return client.post("/classify", files={"image": (name, data, ctype)}, data=fields)
 

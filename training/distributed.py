@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
+from serving.backends import worker_cpus
+
 from .config import ConfigError
 
 T = TypeVar("T")
@@ -79,7 +81,7 @@ def set_threads(info: DistInfo, threads: Optional[int]) -> None:
             raise ConfigError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     elif info.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
+        torch.set_num_threads(max(1, worker_cpus() // info.local_world_size))
 
 
 def rank_device(device: torch.device, info: DistInfo) -> torch.device:

@@ -72,6 +72,11 @@ def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> dict[str,
     return {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(classes)}
 
 
+def images_per_second(history: list[dict[str, Any]]) -> float:
+    """Training images/s over a whole run (validation excluded), from history.json's epochs."""
+    return sum(h["samples"] for h in history) / sum(h["seconds"] for h in history)
+
+
 def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, float]) -> None:
     """results.md: the design report's "Results and Analysis" fields, filled in."""
     s = summary

@@ -147,7 +147,7 @@ def _result(cell: dict[str, Any], wall_seconds: float, resumed: bool) -> dict[st
         "epochs": cfg.epochs, "best_val_acc": metrics["val_acc"], "best_epoch": metrics["epoch"],
         "test_acc": metrics["test_acc"], "final_train_loss": history[-1]["train_loss"],
         "train_seconds": summary.get("train_seconds"), "wall_seconds": wall_seconds,
-        "img_s": sum(h["samples"] for h in history) / sum(h["seconds"] for h in history),
+        "img_s": report.images_per_second(history),
         "resumed": resumed, "val_acc_curve": [h["val_acc"] for h in history], "config": cfg.to_dict(),
     }
 
