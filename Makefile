@@ -10,7 +10,7 @@ CKPT_DIR ?= checkpoints
 ARTIFACTS ?= artifacts
 PORT ?= 3000
 
-.PHONY: install run train export serve test bench clean
+.PHONY: install run train export serve lint test bench clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,10 @@ export: install
 serve: install
 	$(VENV)/bin/bentoml serve --port $(PORT)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 bench: install

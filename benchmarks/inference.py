@@ -77,7 +77,7 @@ def main() -> int:
     for batch in args.batch_sizes:
         x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         for name, fn in runtimes.items():
-            lat = np.array(measure(lambda: fn(x), args.seconds)) * 1000
+            lat = np.array(measure(lambda fn=fn, x=x: fn(x), args.seconds)) * 1000
             row = (name, batch, batch * len(lat) / (lat.sum() / 1000), np.percentile(lat, 50), np.percentile(lat, 99))
             rows.append(row)
             key = name.split(" (")[0].replace(" ", "_") + "_" + name.split("(")[1].rstrip(")") + f"_b{batch}"

@@ -20,57 +20,19 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clients.local import LocalService, free_port  # noqa: E402
+
 BOUNDARY = "cifar10benchboundary"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], env: dict, port: int, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    probe = f"http://127.0.0.1:{port}/readyz" if "bentoml" in cmd[0] else None
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if probe:
-                with urllib.request.urlopen(probe, timeout=2) as r:
-                    if r.status == 200:
-                        return proc
-            else:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    stop(proc)
-    raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def hey(url: str, body: Path, concurrency: int, duration: float) -> dict:
@@ -91,7 +53,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--bentoml-home", default=os.environ.get("BENTOML_HOME"))
     p.add_argument("--image", default=None, help="image to POST (default: a CIFAR-10 test JPEG)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these rows (default, nolane, nobatch, accesslog, workers2, peer)")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="run only these rows (default, nolane, nobatch, accesslog, workers2, peer)")
     args = p.parse_args()
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
@@ -125,7 +88,7 @@ def main() -> int:
         "peer": ("peer (starlette+uvicorn+ort)", None),
     }
     results: dict[str, dict[int, dict]] = {}
-    for key, (label, extra) in configs.items():
+    for key, (_label, extra) in configs.items():
         if args.only and key not in args.only:
             continue
         port = free_port()
@@ -136,13 +99,11 @@ def main() -> int:
         else:
             cmd = [bentoml, "serve", "serving.service:CIFAR10Classifier", "--host", "127.0.0.1", "--port", str(port)]
             server_env = {**env, **extra}
-        proc = start(cmd, server_env, port, tmp / f"{key}.log")
-        try:
-            url = f"http://127.0.0.1:{port}/classify"
+        ready = None if extra is None else "/readyz"  # the peer has no readiness route: its port opening will do
+        with LocalService(cmd, port, tmp / f"{key}.log", env=server_env, cwd=ROOT, ready_path=ready) as svc:
+            url = f"{svc.url}/classify"
             hey(url, body, 8, 1.0)  # warm-up
             results[key] = {c: hey(url, body, c, args.duration) for c in args.concurrency}
-        finally:
-            stop(proc)
     print(f"\nPOST /classify, {image.name} ({image.stat().st_size} bytes), hey -z {args.duration}s; "
           f"{os.cpu_count()} CPUs shared with the load generator")
     print(f"{'server':<30} | {'conc':>4} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-200':>7}")
@@ -153,8 +114,8 @@ def main() -> int:
                   f"{r['requests'] - r['ok']:>7}")
     figures = {}
     for key, rows in results.items():
-        name = {"default": "service", "nolane": "service_nolane", "nobatch": "service_nobatch", "accesslog": "service_log",
-                "workers2": "service_2w", "peer": "peer"}[key]
+        name = {"default": "service", "nolane": "service_nolane", "nobatch": "service_nobatch",
+                "accesslog": "service_log", "workers2": "service_2w", "peer": "peer"}[key]
         for c, r in rows.items():
             figures[f"{name}_rps_c{c}"] = round(r["rps"], 1)
             figures[f"{name}_p50_ms_c{c}"] = round(r["p50_ms"], 3)

@@ -1,6 +1,6 @@
 """The do-it-yourself peer for benchmarks/serve_load.py: Starlette + uvicorn + onnxruntime, one process.
 
-Same model file, same decoding (serving.preprocess.decode), same JSON answer; no BentoML.
+Same model file, same decoding (contract.images.decode), same JSON answer; no BentoML.
   CIFAR10_PEER_MODEL_DIR=<dir with model.onnx, metadata.json> uvicorn benchmarks.serve_peer:app --port N
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.preprocess import ImageError, decode
+from contract.images import ImageError, decode
 
 MODEL_DIR = Path(os.environ["CIFAR10_PEER_MODEL_DIR"])
 CLASSES = json.loads((MODEL_DIR / "metadata.json").read_text())["classes"]

@@ -97,7 +97,7 @@ def measure(device: str, name: str, procs: int, args: argparse.Namespace, out: P
     except CheckpointError as exc:
         raise BenchError(1, str(exc)) from None
     history = json.loads((out / "history.json").read_text())
-    summary, metrics = best.get("summary", {}), best["metrics"]
+    summary, metrics = best.summary or {}, best.metrics
     train_s = sum(h["seconds"] for h in history)
     return {
         "device": device, "name": name, "processes": procs, "setup": summary.get("device"),

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig  # noqa: E402
+from contract.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.data import CIFAR_BATCHES, DataError, detect_layout, load_split  # noqa: E402
 from training.engine import train_one_epoch  # noqa: E402
-from training.model import SimpleCNN  # noqa: E402
+from training.models import SimpleCNN  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
 from training.runtime import amp_dtype, autocast, describe_device, precision_name  # noqa: E402
-from training.train import build_optimizer  # noqa: E402
 
 
 def project_img_s(images, labels, batch, steps, amp, device) -> float:

@@ -58,7 +58,7 @@ def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, 
     width = max(4, *(len(f) for f in files))
     if not as_json:
         print(f"{'file':<{width}}  {'label':<10}  {'conf':>7}  top-{top_k}")
-    for path, (pred, error) in zip(files, results):
+    for path, (pred, error) in zip(files, results, strict=True):
         if as_json:
             record: dict[str, Any] = {"file": path}
             if pred is None:

@@ -17,8 +17,9 @@ from typing import Any, BinaryIO, Iterable, Union
 
 import httpx
 
+from contract.constants import MAX_BATCH_IMAGES  # the service's limit per /classify_batch request
+
 DEFAULT_URL = "http://localhost:3000"
-MAX_BATCH_IMAGES = 64  # the service's limit per /classify_batch request
 
 # What classify() accepts: a path, the file's bytes, an open binary file, or a PIL image.
 ImageInput = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Any]
@@ -80,7 +81,8 @@ def image_part(image: ImageInput, name: str | None = None) -> tuple[str, bytes, 
     if hasattr(image, "read"):
         filename = Path(getattr(image, "name", "") or "image").name
         return name or filename, image.read(), "application/octet-stream"
-    raise TypeError(f"cannot send a {type(image).__name__} as an image: give a path, bytes, a binary file or a PIL image")
+    raise TypeError(f"cannot send a {type(image).__name__} as an image: give a path, bytes, a binary file "
+                    "or a PIL image")
 
 
 class Client:
@@ -150,6 +152,13 @@ class Client:
 
     def model_info(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/model_info"))
+
+    def web_page(self, path: str = "/ui") -> str:
+        """The HTML of one of the service's pages (the /ui page); ServiceError unless it answers 200."""
+        response = self._request("GET", path)
+        if response.status_code != 200:
+            self._json(response)  # raises with the service's message
+        return response.text
 
     def ready(self) -> bool:
         """True when /readyz answers 200; False while loading or when nothing answers (no retries)."""

@@ -7,7 +7,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from serving.preprocess import IMAGE_EXTENSIONS
+from contract.images import IMAGE_EXTENSIONS
+from contract.reports import per_class_accuracy, plot_confusion
 
 from .client import Client, ServiceError
 
@@ -67,8 +68,7 @@ def evaluate(client: Client, samples: list[tuple[Path, str]], classes: list[str]
                 raise future.exception()
     n = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(classes)))
-    per_class = {c: (confusion[i][i] / sum(confusion[i]) if sum(confusion[i]) else None)
-                 for i, c in enumerate(classes)}
+    per_class = per_class_accuracy(confusion, classes)
     return {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "failed": len(failures),
             "per_class_accuracy": per_class, "classes": classes, "confusion": confusion, "failures": failures}
 
@@ -76,26 +76,8 @@ def evaluate(client: Client, samples: list[tuple[Path, str]], classes: list[str]
 def write_report(out_dir: Path, result: dict[str, Any], title: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    classes, conf = result["classes"], result["confusion"]
-    rates = [[v / max(1, sum(row)) for v in row] for row in conf]
-    size = max(6.0, 0.6 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted (by the service)", ylabel="true (folder)", title=title)
-    for i, row in enumerate(conf):
-        for j, v in enumerate(row):
-            ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if rates[i][j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion_matrix.png", dpi=110)
-    plt.close(fig)
+    plot_confusion(out_dir / "confusion_matrix.png", result["confusion"], result["classes"], title,
+                   xlabel="predicted (by the service)", ylabel="true (folder)")
     return [out_dir / "eval.json", out_dir / "confusion_matrix.png"]
 
 
@@ -109,6 +91,6 @@ def format_report(result: dict[str, Any]) -> str:
                      + (f"{100 * acc:6.2f}%" if acc is not None else "     -"))
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * (width + 2) + " ".join(f"{c[:5]:>5}" for c in classes)]
-    for c, row in zip(classes, result["confusion"]):
+    for c, row in zip(classes, result["confusion"], strict=True):
         lines.append(f"{c:<{width}}  " + " ".join(f"{v:>5}" for v in row))
     return "\n".join(lines)

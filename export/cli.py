@@ -11,13 +11,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from contract.provenance import git_commit, sha256_file
+from contract.schemas import ModelMetadata
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, load_split
-from training.train import git_commit
 
 from .metadata import MODEL_NAME, build_metadata, onnx_metadata_props
 from .parity import compare, failures, onnx_runner, torch_runner
@@ -37,7 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a best.pt (or last.pt) written by the training stage")
     p.add_argument("--out", default="artifacts", help="output folder (default ./artifacts)")
     p.add_argument("--data", default=None,
-                   help="dataset with the test split for the parity check (default: the checkpoint's, else $CIFAR10_DATA)")
+                   help="dataset with the test split for the parity check "
+                   "(default: the checkpoint's, else $CIFAR10_DATA)")
     p.add_argument("--parity-images", type=int, default=2000,
                    help="test images compared across eager, TorchScript and ONNX Runtime (default 2000, minimum 1000)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δlogit| (default 1e-4)")
@@ -56,7 +57,7 @@ def _check_writable(out: Path) -> None:
         raise ExportError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
 
 
-def _export_onnx(wrapper: torch.nn.Module, path: Path, opset: int, meta: dict[str, Any]) -> None:
+def _export_onnx(wrapper: torch.nn.Module, path: Path, opset: int, meta: ModelMetadata) -> None:
     import onnx
 
     example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
@@ -76,11 +77,11 @@ def _export_onnx(wrapper: torch.nn.Module, path: Path, opset: int, meta: dict[st
     onnx.save(model, str(path))
 
 
-def _export_torchscript(wrapper: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+def _export_torchscript(wrapper: torch.nn.Module, path: Path, meta: ModelMetadata) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice; it is still what LibTorch loads
         scripted = torch.jit.script(wrapper)
-        torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+        torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps(meta.to_dict())})
 
 
 def load_torchscript(path: Path, map_location: str = "cpu") -> torch.jit.ScriptModule:
@@ -89,17 +90,16 @@ def load_torchscript(path: Path, map_location: str = "cpu") -> torch.jit.ScriptM
         return torch.jit.load(str(path), map_location=map_location)
 
 
-def _save_to_bentoml(out: Path, meta: dict[str, Any]) -> str:
+def _save_to_bentoml(out: Path, meta: ModelMetadata) -> str:
     try:
         import bentoml
     except ImportError:
         raise ExportError("--bentoml needs the bentoml package (pip install 'cifar10-service[serve]')") from None
-    acc = meta["metrics"]["test_acc"]
     with bentoml.models.create(
         MODEL_NAME,
-        labels={"framework": "onnx+torchscript", "dataset": "cifar10", "architecture": meta["architecture"]},
-        metadata={"accuracy": acc, "classes": meta["classes"], "input": meta["input"],
-                  "tta_flip": meta["tta_flip"], "source_sha256": meta["source_checkpoint"]["sha256"]},
+        labels={"framework": "onnx+torchscript", "dataset": "cifar10", "architecture": meta.architecture},
+        metadata={"accuracy": meta.metrics["test_acc"], "classes": meta.classes, "input": meta.input,
+                  "tta_flip": meta.tta_flip, "source_sha256": meta.source_checkpoint["sha256"]},
     ) as model_ref:
         for name in ARTIFACTS:
             shutil.copy2(out / name, Path(model_ref.path) / name)
@@ -112,16 +112,14 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("--parity-images must be at least 1000")
     checkpoint = Path(args.checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    if not {"classes", "normalization", "config"} <= ckpt.keys():
-        raise CheckpointError(f"{checkpoint} lacks classes or normalization; export a best.pt from the training stage")
     out = Path(args.out)
     _check_writable(out)
 
     wrapper = classifier_from_checkpoint(ckpt, checkpoint)
-    data = args.data or os.environ.get("CIFAR10_DATA") or ckpt["config"]["data"]
+    data = args.data or os.environ.get("CIFAR10_DATA") or ckpt.config["data"]
     test = load_split(data, "test")
-    if test.classes != list(ckpt["classes"]):
-        raise ExportError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt['classes']}")
+    if test.classes != list(ckpt.classes):
+        raise ExportError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt.classes}")
     n = min(args.parity_images, len(test))
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n].sort().values
     images, labels = test.images[pick].numpy(), test.labels[pick].numpy()
@@ -129,9 +127,8 @@ def run(args: argparse.Namespace) -> int:
     import onnx
     import onnxruntime
 
-    versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                "git_commit": git_commit()}
-    meta = build_metadata(ckpt, checkpoint.resolve(), versions)
+    versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    meta = build_metadata(ckpt, checkpoint.resolve(), versions, export_commit=git_commit())
 
     # Everything is written and verified in a staging folder first; only a passing export replaces
     # the artifacts in `out`, one atomic rename per file.
@@ -157,8 +154,9 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             print(f"error: export rejected, artifacts in {out} left unchanged: {'; '.join(bad)}", file=sys.stderr)
             return 1
-        (staging / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        meta.files = {name: sha256_file(staging / name) for name in ARTIFACTS if name != "metadata.json"}
+        meta.write(staging / "metadata.json")
         for name in ARTIFACTS:
             os.replace(staging / name, out / name)
     finally:

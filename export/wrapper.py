@@ -5,10 +5,13 @@ graph, so a server only decodes, converts to RGB and resizes: it never re-implem
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 from torch import nn
+
+from contract.schemas import Checkpoint
+from training.checkpoint import build_model
 
 
 class ImageClassifier(nn.Module):
@@ -37,10 +40,8 @@ class ImageClassifier(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def classifier_from_checkpoint(ckpt: Dict[str, Any], path: Any = "checkpoint") -> ImageClassifier:
+def classifier_from_checkpoint(ckpt: Checkpoint, path: Any = "checkpoint") -> ImageClassifier:
     """The eval-mode ImageClassifier for a training checkpoint (weights, normalization, TTA flag)."""
-    from training.checkpoint import build_model
-
-    norm = ckpt["normalization"]
-    return ImageClassifier(build_model(ckpt, path).eval(), list(norm["mean"]), list(norm["std"]),
-                           int(norm["input_size"]), tta_flip=bool(ckpt["config"].get("tta_flip", False))).eval()
+    norm = ckpt.normalization
+    return ImageClassifier(build_model(ckpt, path).eval(), list(norm.mean), list(norm.std), norm.input_size,
+                           tta_flip=bool(ckpt.config.get("tta_flip", False))).eval()

@@ -2,7 +2,10 @@
 # Container smoke test: build the bento, containerize it, run the image and check it answers like the
 # model on the host. Run from the project root after `python -m export ... --bentoml` put
 # cifar10-simplecnn:latest into the BentoML store. `scripts/container_smoke.sh --help` for options.
-# Not part of pytest (it needs a container tool and minutes); see README "Deploy: container".
+# Not part of pytest (it needs a container tool and minutes); see docs/deploy.md.
+# Bash does what must be bash (tool choice, build, run, clean-up); the HTTP checks are
+# scripts/container_checks.py (on clients.Client, tested in tests/test_container_checks.py) and the
+# offline base image is scripts/offline_base.sh.
 set -euo pipefail
 
 usage() {
@@ -142,7 +145,6 @@ CACHE_DIR="${CIFAR10_CONTAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cifar10-se
 mkdir -p "$CACHE_DIR"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cifar10-smoke.XXXXXX")"
 CID=""
-ROOTFS=""
 T_START="$(now)"
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -151,10 +153,6 @@ cleanup() {
     if [[ -n "$CID" ]]; then
         "$TOOL" rm -f "$CID" >/dev/null 2>&1 || warn "could not remove container $CID"
         echo "container ${CID:0:12} removed"
-    fi
-    if [[ -n "$ROOTFS" && -d "$ROOTFS" ]]; then
-        for m in proc sys dev/pts dev; do umount "$ROOTFS/$m" 2>/dev/null || true; done
-        rm -rf --one-file-system "$ROOTFS"
     fi
     if [[ $RM_IMAGE -eq 1 && -n "${IMAGE_BUILT:-}" ]]; then
         "$TOOL" rmi -f "$IMAGE" >/dev/null 2>&1 && echo "image $IMAGE removed (--rm-image)"
@@ -283,36 +281,13 @@ BASE_IMAGE="$(awk 'toupper($1)=="FROM"{print $2; exit}' "$DOCKERFILE" 2>/dev/nul
 STANDIN_REF="docker.io/library/python:3.11-slim"
 BASE_NOTE=""
 
-# OFFLINE FALLBACK: a Debian bookworm rootfs (python3.11, like python:3.11-slim) imported under the
-# base image's name, so the standard generated Dockerfile builds without a registry.
+# OFFLINE FALLBACK (scripts/offline_base.sh): a Debian bookworm rootfs imported under the base image's
+# name, so the standard generated Dockerfile builds without a registry.
 build_standin() {
     if ! command -v debootstrap >/dev/null; then
         maybe_install debootstrap || die "the offline fallback needs debootstrap ($install_hint, or --install-deps as root)."
     fi
-    [[ $EUID -eq 0 ]] || die "the offline fallback (debootstrap) must run as root; or make $BASE_IMAGE pullable."
-    local mirror="${DEBOOTSTRAP_MIRROR:-http://deb.debian.org/debian}" t0
-    ROOTFS="$(mktemp -d "$CACHE_DIR/standin-rootfs.XXXXXX")"
-    log "[OFFLINE FALLBACK] building a local stand-in for $BASE_IMAGE with debootstrap (bookworm minbase, $mirror)"
-    t0="$(now)"
-    run_logged "$WORK/debootstrap.log" debootstrap --variant=minbase \
-        --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$ROOTFS" "$mirror" \
-        || die "debootstrap failed (log above); is $mirror reachable?"
-    # The host's CA bundle (it may hold a TLS-inspecting proxy's CA that pip and uv must trust).
-    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
-        cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
-    fi
-    rm -f "$ROOTFS"/usr/lib/python3.*/EXTERNALLY-MANAGED
-    ln -sf python3 "$ROOTFS/usr/bin/python"
-    for m in proc sys dev/pts dev; do umount "$ROOTFS/$m" 2>/dev/null || true; done
-    tar -C "$ROOTFS" -c . | "$TOOL" import \
-        --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
-        --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-        --change 'ENV UV_NATIVE_TLS=1' \
-        --change 'ENV CIFAR10_BASE_STANDIN=debootstrap-bookworm-minbase' \
-        --change 'CMD ["/bin/bash"]' \
-        - "$STANDIN_REF" >"$WORK/import.log" 2>&1 || { cat "$WORK/import.log" >&2; die "$TOOL import of the stand-in failed."; }
-    rm -rf --one-file-system "$ROOTFS"; ROOTFS=""
-    log "[OFFLINE FALLBACK] stand-in $STANDIN_REF built in $(( $(now) - t0 ))s ($(human "$(image_size "$STANDIN_REF")")); cached for later runs"
+    "$ROOT/scripts/offline_base.sh" "$TOOL" "$STANDIN_REF" "$CACHE_DIR" || die "the offline fallback base could not be built (above)."
 }
 
 # Docker's reading of a short name (podman without unqualified-search registries refuses to pull
@@ -482,129 +457,6 @@ fi
 
 EXPECT_DEVICE=any
 [[ $GPU -eq 1 ]] && EXPECT_DEVICE=cuda
-cat >"$WORK/http_checks.py" <<'PYEOF'
-"""HTTP checks against the running container; the reference is the same model run on the host."""
-import json
-import os
-import random
-import sys
-import time
-from pathlib import Path
-
-import httpx
-
-url, data, per_class, expect_device = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-
-
-def result(status, name, detail):
-    print(f"RESULT\t{status}\t{name}\t{detail}", flush=True)
-
-
-classes_dirs = sorted(p for p in (data / "test").iterdir() if p.is_dir())
-images = []  # (folder label, file)
-for d in classes_dirs:
-    files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[:per_class]
-    images += [(d.name, f) for f in files]
-
-client = httpx.Client(base_url=url, timeout=60)
-single, latencies, bad_shape = [], [], []
-for folder, f in images:
-    t0 = time.perf_counter()
-    r = client.post("/classify", files={"image": (f.name, f.read_bytes(), "image/jpeg")})
-    latencies.append(time.perf_counter() - t0)
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    ok = (r.status_code == 200 and isinstance(body, dict) and isinstance(body.get("label"), str)
-          and isinstance(body.get("confidence"), float) and 0.0 <= body["confidence"] <= 1.0
-          and isinstance(body.get("top_k"), list) and body["top_k"]
-          and all({"label", "index", "probability"} <= set(t) for t in body["top_k"])
-          and isinstance(body.get("model"), dict) and body["model"].get("runtime") in ("onnx", "torchscript"))
-    if not ok:
-        bad_shape.append(f"{f.name}: {r.status_code} {r.text[:200]}")
-    single.append(body if ok else None)
-if bad_shape:
-    result("FAIL", "POST /classify", f"{len(bad_shape)}/{len(images)} bad answers, first: {bad_shape[0]}")
-    sys.exit(0)
-model = single[0]["model"]
-latencies.sort()
-result("PASS", "POST /classify", f"{len(images)} images: 200 + label/confidence/top_k/model; runtime "
-       f"{model['runtime']} on {model['device']}, model {model['name']}:{model['version']}, "
-       f"p50 {1000 * latencies[len(latencies) // 2]:.1f} ms")
-if expect_device != "any":
-    result("PASS" if model["device"] == expect_device else "FAIL", f"device {expect_device}",
-           f"model.device = {model['device']}, runtime {model['runtime']}")
-
-# The reference: the same model version from the host's store, run with the project's own decoder
-# and ONNX Runtime backend.
-try:
-    import numpy as np
-    import bentoml
-    from serving.backends import OnnxBackend
-    from serving.preprocess import decode
-
-    model_dir = Path(bentoml.models.get(f"{model['name']}:{model['version']}").path)
-    classes = json.loads((model_dir / "metadata.json").read_text())["classes"]
-    probs = OnnxBackend(model_dir, "cpu", 1)(np.stack([decode(f.read_bytes()) for _, f in images]))
-    host = [(classes[int(p.argmax())], float(p.max())) for p in probs]
-except Exception as exc:  # noqa: BLE001 - reported as a failed check
-    result("FAIL", "host agreement", f"could not run the model on the host: {exc!r}")
-else:
-    mismatches = [f"{f.name}: container {s['label']} vs host {h[0]}" for (_, f), s, h in zip(images, single, host)
-                  if s["label"] != h[0]]
-    max_dconf = max(abs(s["confidence"] - h[1]) for s, h in zip(single, host))
-    acc_c = sum(s["label"] == folder for (folder, _), s in zip(images, single)) / len(images)
-    acc_h = sum(h[0] == folder for (folder, _), h in zip(images, host)) / len(images)
-    if mismatches or max_dconf > 1e-3:
-        result("FAIL", "host agreement", f"{len(mismatches)} label mismatches ({mismatches[:3]}), max |dconf| {max_dconf:.2e}")
-    else:
-        result("PASS", "host agreement", f"{len(images)}/{len(images)} labels equal to the host's ONNX Runtime "
-               f"run of the same model, max |dconfidence| {max_dconf:.1e}")
-    print(f"       accuracy vs folder labels: container {acc_c:.0%}, host {acc_h:.0%} ({len(images)} images)")
-
-# Batch: images whose predicted labels differ, in shuffled order, must come back in request order.
-pick, seen = [], set()
-for i, s in enumerate(single):
-    if s["label"] not in seen:
-        seen.add(s["label"])
-        pick.append(i)
-pick = pick[:8] if len(pick) >= 3 else list(range(min(8, len(images))))
-random.Random(0).shuffle(pick)
-r = client.post("/classify_batch", files=[("images", (images[i][1].name, images[i][1].read_bytes(), "image/jpeg"))
-                                          for i in pick])
-try:
-    batch = r.json()
-except ValueError:
-    batch = None
-if r.status_code != 200 or not isinstance(batch, list) or len(batch) != len(pick):
-    result("FAIL", "POST /classify_batch", f"{r.status_code} {r.text[:200]}")
-else:
-    wrong = [j for j, i in enumerate(pick) if batch[j]["label"] != single[i]["label"]
-             or abs(batch[j]["confidence"] - single[i]["confidence"]) > 1e-4]
-    result("FAIL" if wrong else "PASS", "POST /classify_batch",
-           f"{len(pick)} images, order preserved: {[b['label'] for b in batch]}" if not wrong
-           else f"positions {wrong} differ from the single answers")
-
-# A text file as the image: a 4xx with {"error", "code"}, and the service keeps answering.
-r = client.post("/classify", files={"image": ("notes.txt", b"this is not an image\n", "text/plain")})
-try:
-    err = r.json()
-except ValueError:
-    err = None
-ok = 400 <= r.status_code < 500 and isinstance(err, dict) and {"error", "code"} <= set(err)
-result("PASS" if ok else "FAIL", "text upload refused", f"{r.status_code} {json.dumps(err) if err else r.text[:200]}")
-f = images[0][1]
-r = client.post("/classify", files={"image": (f.name, f.read_bytes(), "image/jpeg")})
-result("PASS" if r.status_code == 200 else "FAIL", "answers after refusal", f"/classify {r.status_code}")
-r = client.get("/ui")
-ok = r.status_code == 200 and "<title>CIFAR-10 classifier</title>" in r.text
-result("PASS" if ok else "FAIL", "web page /ui", f"GET /ui {r.status_code}, {len(r.content)} bytes")
-r = client.post("/model_info")
-if r.status_code == 200:
-    s = r.json().get("serving", {})
-    print(f"       /model_info: tag {r.json().get('tag')}, serving {json.dumps(s)}")
-PYEOF
 
 T0="$(now)"
 while IFS= read -r line; do
@@ -614,8 +466,8 @@ while IFS= read -r line; do
     else
         printf '%s\n' "$line"
     fi
-done < <(cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$WORK/http_checks.py" \
-             "$URL" "$DATA" "$PER_CLASS" "$EXPECT_DEVICE" 2>&1 || printf 'RESULT\tFAIL\thttp checks\tthe check script exited with an error (output above)\n')
+done < <(cd "$ROOT" && "$PY" scripts/container_checks.py "$URL" --data "$DATA" --per-class "$PER_CLASS" \
+             --expect-device "$EXPECT_DEVICE" 2>&1 || printf 'RESULT\tFAIL\thttp checks\tscripts/container_checks.py exited with an error (output above)\n')
 echo "       HTTP checks took $(( $(now) - T0 ))s"
 if [[ "$("$TOOL" inspect --format '{{.State.Running}}' "$CID" 2>/dev/null)" == true ]]; then
     record PASS "still running" "container up after all requests"

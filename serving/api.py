@@ -18,11 +18,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, request_response
 
+from contract.constants import MAX_BATCH_IMAGES
+from contract.images import ImageError, decode
+
 from . import fastlane
 from .errors import RequestError
-from .preprocess import ImageError, decode
 
-MAX_BATCH_IMAGES = 64
 UI_PAGE = Path(__file__).with_name("static") / "index.html"
 log = logging.getLogger("bentoml.cifar10_service")
 
@@ -32,7 +33,7 @@ def _service():
     return bentoml.get_current_service()
 
 
-async def _read_body(request: Request, limit: int) -> None:
+async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body once, refusing it (413) as soon as it passes the limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -46,7 +47,14 @@ async def _read_body(request: Request, limit: int) -> None:
             chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError(400, "client_disconnected", "the client closed the connection mid-upload") from None
-    request._body = b"".join(chunks)  # Starlette's form() parses a body already read
+    return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    """An ASGI receive that hands out a body already read, for a second Request over the same scope."""
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
 
 
 async def _form(request: Request, limit: int):
@@ -55,17 +63,18 @@ async def _form(request: Request, limit: int):
         raise RequestError(415, "unsupported_media_type",
                            "send the image as multipart/form-data (curl -F 'image=@cat.jpg' ...), "
                            f"not {media or 'a body without a content type'}")
-    await _read_body(request, limit)
+    body = await _read_body(request, limit)
     try:
         # The byte limit above already bounds the work; these only stop absurd part counts.
-        return await request.form(max_files=4096, max_fields=64)
+        return await Request(request.scope, _replay(body)).form(max_files=4096, max_fields=64)
     except Exception as exc:  # python-multipart's errors carry no stable type across versions
         raise RequestError(400, "malformed_multipart", f"the multipart body could not be parsed ({exc})") from None
 
 
 async def _file_bytes(value: Any, field: str) -> bytes:
     if not isinstance(value, UploadFile):
-        raise RequestError(400, "not_a_file", f"the '{field}' field must be a file upload (curl -F '{field}=@cat.jpg'); "
+        raise RequestError(400, "not_a_file", f"the '{field}' field must be a file upload "
+                           f"(curl -F '{field}=@cat.jpg'); "
                            "text values, URLs included, are not accepted")
     return await value.read()
 

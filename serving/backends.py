@@ -5,7 +5,6 @@ A backend maps uint8 [N, 32, 32, 3] RGB to probabilities float32 [N, C]; normali
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class ConfigurationError(ValueError):
     """A bad CIFAR10_* setting; the service refuses to start with this message."""
-
-
-def worker_cpus() -> int:
-    """CPUs this process may run on (cgroup/affinity aware), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class OnnxBackend:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .backends import ConfigurationError, worker_cpus
+from contract.constants import DEFAULT_MAX_PIXELS
+from contract.cpus import worker_cpus
+
+from .backends import ConfigurationError
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -67,7 +70,7 @@ class Settings:
             # 43-59 ms with 64 on the 2-core VM, at equal or better requests/s (README, "Load test").
             max_batch=_int("CIFAR10_MAX_BATCH", 16),
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
-            max_pixels=_int("CIFAR10_MAX_PIXELS", 40_000_000),
+            max_pixels=_int("CIFAR10_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
             # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py).

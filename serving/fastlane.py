@@ -12,16 +12,18 @@ scheduling hop under load. The lane keeps what a user of the service relies on:
 - every other path (/readyz, /livez, /metrics, /model_info, /ui, BentoML's own routes) through the full stack.
 
 It is not used when access logs or tracing are on (both live in the skipped layers), with
-CIFAR10_FAST_LANE=off, or when BentoML's stack holds any layer not known to be safe to skip (CORS,
-a concurrency cap, a user's middleware). It is installed by the first request that reaches our
-mounted app, which is the moment BentoML's outer Starlette app is known (scope["app"]) and its
-middleware stack is built.
+CIFAR10_FAST_LANE=off, or when any of ASSUMPTIONS (what the lane takes for granted about BentoML and
+Starlette internals) does not hold: then it logs which one and every request takes the full stack.
+It is installed by the first request that reaches our mounted app, which is the moment BentoML's outer
+Starlette app is known (scope["app"]) and its middleware stack is built.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+import re
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
 
 from .errors import RequestError
 
@@ -31,11 +33,14 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 _HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 
 
+# The BentoML releases the lane was written and tested against: [first, last) by (major, minor).
+TESTED_BENTOML = ((1, 4), (1, 5))
 # The layers the lane may skip: each does nothing a /classify caller needs that the lane does not
 # redo. Any other layer in the stack (CORS, access log, a concurrency cap, a user's middleware) means
 # the lane would change behaviour, so it is not installed.
 SKIPPABLE = frozenset({"ServerErrorMiddleware", "RunnerTrafficMetricsMiddleware", "OpenTelemetryMiddleware",
                        "TimeoutMiddleware", "ContextMiddleware", "ExceptionMiddleware"})
+METRICS_LAYER = "RunnerTrafficMetricsMiddleware"
 
 
 def _layers(stack: Any, depth: int = 32) -> list[Any]:
@@ -49,6 +54,93 @@ def _layers(stack: Any, depth: int = 32) -> list[Any]:
     return layers
 
 
+def _end_of_chain(stack: Any, depth: int = 32) -> Any:
+    for _ in range(depth):
+        if stack is None or type(stack).__name__ == "Router":
+            return stack
+        stack = getattr(stack, "app", None)
+    return None
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """One thing the lane takes for granted about BentoML or Starlette; check(outer_app) says what is off."""
+
+    name: str
+    check: Callable[[Any], Optional[str]]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:2])
+
+
+def _bentoml_in_tested_range(_: Any) -> Optional[str]:
+    try:
+        import bentoml
+    except ImportError:
+        return "bentoml is not importable"
+    low, high = TESTED_BENTOML
+    if not low <= _version(bentoml.__version__) < high:
+        return (f"BentoML {bentoml.__version__} is outside the tested releases "
+                f"{'.'.join(map(str, low))} to {'.'.join(map(str, high))} (exclusive)")
+    return None
+
+
+def _stack_is_built(outer: Any) -> Optional[str]:
+    # Starlette builds `middleware_stack` on the first request and calls it for every request after;
+    # replacing that attribute is how the lane gets in front.
+    if getattr(outer, "middleware_stack", None) is None:
+        return "BentoML's app has no built middleware_stack"
+    return None
+
+
+def _chain_ends_at_router(outer: Any) -> Optional[str]:
+    # Each middleware reaches the next through its `.app`, and the chain ends at Starlette's Router.
+    if _end_of_chain(getattr(outer, "middleware_stack", None)) is None:
+        return "the middleware chain does not end at a Router through .app attributes"
+    return None
+
+
+def _only_skippable_layers(outer: Any) -> Optional[str]:
+    kept = sorted({type(m).__name__ for m in _layers(getattr(outer, "middleware_stack", None))} - SKIPPABLE)
+    if kept:
+        return f"BentoML's middleware includes {', '.join(kept)}, which the lane would skip"
+    return None
+
+
+def _metrics_layer_is_copyable(outer: Any) -> Optional[str]:
+    # The lane calls a copy of BentoML's metrics layer (same metric objects) with another `.app`. The layer
+    # creates its metrics lazily on its first call; copying it before then would register them twice.
+    metrics = next((m for m in _layers(getattr(outer, "middleware_stack", None))
+                    if type(m).__name__ == METRICS_LAYER), None)
+    if metrics is None:
+        return None  # metrics disabled in BentoML's configuration: the lane calls the route directly
+    if "app" not in vars(metrics):
+        return f"{METRICS_LAYER} keeps no .app of its own to redirect"
+    if vars(metrics).get("_is_setup") is not True:
+        return f"{METRICS_LAYER} has not set up its metrics (no _is_setup = True) before the first lane request"
+    return None
+
+
+# Checked in this order by install(); the first that fails keeps the lane off (and is logged).
+ASSUMPTIONS = (
+    Assumption("BentoML release", _bentoml_in_tested_range),
+    Assumption("built middleware stack", _stack_is_built),
+    Assumption("middleware chain", _chain_ends_at_router),
+    Assumption("known middleware only", _only_skippable_layers),
+    Assumption("metrics layer copyable", _metrics_layer_is_copyable),
+)
+
+
+def unmet_assumption(outer_app: Any, assumptions=ASSUMPTIONS) -> Optional[str]:
+    """'name: what is off' for the first assumption that does not hold, or None when all hold."""
+    for a in assumptions:
+        problem = a.check(outer_app)
+        if problem:
+            return f"{a.name}: {problem}"
+    return None
+
+
 class FastLane:
     """Replaces the outer app's middleware stack: routes the hot paths directly, the rest as before."""
 
@@ -56,7 +148,7 @@ class FastLane:
         self.stack = stack
         self.routes = routes
         self.timeout = timeout
-        metrics = next((m for m in _layers(stack) if type(m).__name__ == "RunnerTrafficMetricsMiddleware"), None)
+        metrics = next((m for m in _layers(stack) if type(m).__name__ == METRICS_LAYER), None)
         if metrics is not None:
             # A copy of BentoML's own instance (same metric objects, already set up), with our
             # endpoint as the next layer instead of the rest of the stack.
@@ -95,22 +187,18 @@ class FastLane:
                                    "(a slow upload?)").response()(scope, receive, send)
 
 
-def install(outer_app: Any, routes: dict[str, ASGIApp], timeout: float) -> bool:
+def install(outer_app: Any, routes: dict[str, ASGIApp], timeout: float, assumptions=ASSUMPTIONS) -> bool:
     """Put a FastLane in front of `outer_app`'s built middleware stack; False (and a log line why) when
-    it is not there or has a layer the lane must not skip."""
-    stack = getattr(outer_app, "middleware_stack", None)
-    if isinstance(stack, FastLane):
+    one of the assumptions does not hold."""
+    if isinstance(getattr(outer_app, "middleware_stack", None), FastLane):
         return True
-    if stack is None:
-        log.warning("fast lane off: BentoML's app has no built middleware stack")
-        return False
-    kept = sorted({type(m).__name__ for m in _layers(stack)} - SKIPPABLE)
-    if kept:
-        log.info("fast lane off: BentoML's middleware includes %s, which the lane would skip", ", ".join(kept))
+    problem = unmet_assumption(outer_app, assumptions)
+    if problem:
+        log.warning("fast lane off: %s", problem)
         return False
     try:
-        lane = FastLane(stack, routes, timeout)
-    except Exception as exc:  # a BentoML whose metrics layer cannot be copied this way: stay on the full stack
+        lane = FastLane(outer_app.middleware_stack, routes, timeout)
+    except Exception as exc:  # anything the checks above did not foresee: stay on the full stack
         log.warning("fast lane off: could not build it around BentoML's middleware (%s)", exc)
         return False
     outer_app.middleware_stack = lane

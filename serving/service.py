@@ -7,7 +7,6 @@ CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFA
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,10 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from .api import MAX_BATCH_IMAGES, mounted_app
+from contract.constants import MAX_BATCH_IMAGES
+from contract.schemas import ModelMetadata
+
+from .api import mounted_app
 from .config import Settings
 
 log = logging.getLogger("bentoml.cifar10_service")
@@ -52,9 +54,9 @@ class CIFAR10Classifier:
 
         self._ready = False
         model_dir = Path(self.model.path)
-        self.meta: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
-        self.classes: list[str] = list(self.meta["classes"])
-        self.input_size: int = int(self.meta["input"]["shape"][1])
+        self.meta = ModelMetadata.read(model_dir / "metadata.json")
+        self.classes: list[str] = list(self.meta.classes)
+        self.input_size: int = self.meta.input_size
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_pixels = SETTINGS.max_pixels
         self.backend = load_backend(model_dir, SETTINGS.runtime, SETTINGS.device, SETTINGS.threads)
@@ -90,9 +92,10 @@ class CIFAR10Classifier:
         m = self.meta
         return {
             "model": self.model_ref, "tag": str(self.model.tag), "classes": self.classes,
-            "input": m["input"], "normalization": m["normalization"], "tta_flip": m.get("tta_flip", False),
-            "metrics": m.get("metrics"), "source_checkpoint_sha256": m["source_checkpoint"]["sha256"],
-            "git_commit": m.get("git_commit"), "exported_at": m.get("exported_at"),
+            "architecture": m.architecture,
+            "input": m.input, "normalization": m.normalization, "tta_flip": m.tta_flip,
+            "metrics": m.metrics, "source_checkpoint_sha256": m.source_checkpoint["sha256"],
+            "git_commit": m.git_commit, "exported_at": m.exported_at,
             "serving": {"batching": SETTINGS.batching, "max_batch": SETTINGS.max_batch, "threads": SETTINGS.threads,
                         "workers": SETTINGS.workers, "max_upload_bytes": SETTINGS.max_upload_bytes,
                         "fast_lane": SETTINGS.use_fast_lane},

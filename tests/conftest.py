@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clients.local import LocalService
+from contract.constants import CIFAR10_CLASSES as _CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
 # Absolute: make passes CIFAR10_DATA relative to the project root, and the browser needs absolute paths.
 SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "datasets" / "cifar10").resolve()
 
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = list(_CLASSES)
 
 
 def cifar_test_images(n_per_class: int = 1) -> list[Path]:
@@ -50,7 +53,7 @@ def png_claiming(width: int, height: int) -> bytes:
 def make_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=(6, 3), size=32, seed=0) -> Path:
     """train/<class>/ and test/<class>/ of random PNGs (sizes other than 32 exercise resizing)."""
     rng = np.random.default_rng(seed)
-    for split, n in zip(("train", "test"), per_class):
+    for split, n in zip(("train", "test"), per_class, strict=True):
         for c in classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
@@ -93,7 +96,7 @@ def real_subset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def brief_checkpoint(tmp_path_factory, real_subset) -> Path:
     """best.pt of 2 epochs on the real subset: a real, if weak, model for export and serving."""
-    from training.train import get_args_parser, main
+    from training.cli import get_args_parser, main
 
     out = tmp_path_factory.mktemp("brief-train")
     argv = ["--data", str(real_subset), "--epochs", "2", "--batch-size", "32", "--checkpoint-dir", str(out), "--quiet"]
@@ -118,57 +121,11 @@ def bento_home(tmp_path_factory, brief_checkpoint) -> Path:
     return home
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `bentoml serve` subprocess on a free loopback port, stopped by its process group."""
-
-    def __init__(self, target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT):
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = home / f"serve-{self.port}.log"
-        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
-        bentoml_cli = Path(sys.executable).parent / "bentoml"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(bentoml_cli), "serve", target, "--host", "127.0.0.1", "--port",
-                                          str(self.port)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"bentoml serve did not become ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        import signal
-        import subprocess
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def Server(target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT) -> LocalService:
+    """A real `bentoml serve` subprocess on a free loopback port, using home as BENTOML_HOME; .stop() ends
+    its process group."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
+    return LocalService.bentoml(target, env=env, cwd=cwd, log_dir=home)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def test_flip_alone_mirrors_about_half_the_images():
     y = augment(x, 0, True, torch.Generator().manual_seed(2))
     same = [torch.equal(y[i], x[i]) for i in range(len(x))]
     mirrored = [torch.equal(y[i], x[i].flip(1)) for i in range(len(x))]
-    assert all(s or m for s, m in zip(same, mirrored))
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
     assert 150 < sum(mirrored) < 250
 
 

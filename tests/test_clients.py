@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from clients import Client, Prediction, ServiceError, ServiceUnreachable
-from conftest import CIFAR10_CLASSES, ROOT, cifar_test_images, free_port
-from serving.preprocess import decode
+from clients.local import free_port
+from conftest import CIFAR10_CLASSES, ROOT, cifar_test_images
+from contract.images import decode
 
 pytestmark = pytest.mark.slow
 CLASSES = CIFAR10_CLASSES
@@ -40,7 +41,7 @@ def client(server):
 def test_path_bytes_file_and_pil_image_give_the_models_answer(client, onnx_probs):
     paths = cifar_test_images()
     expected = onnx_probs(paths)
-    for path, probs in zip(paths, expected):
+    for path, probs in zip(paths, expected, strict=True):
         with open(path, "rb") as f:
             answers = [client.classify(path), client.classify(str(path), top_k=5), client.classify(path.read_bytes()),
                        client.classify(f), client.classify(Image.open(path))]

@@ -39,7 +39,7 @@ def test_round_trip_through_dict():
 
 
 def test_command_line_flags_override_the_recipe_and_only_given_ones_do():
-    from training.train import config_from_args, get_args_parser
+    from training.cli import config_from_args, get_args_parser
 
     cfg = config_from_args(get_args_parser().parse_args(["--recipe", "fast", "--crop-padding", "3", "--lr", "0.2"]))
     assert (cfg.crop_padding, cfg.lr, cfg.optimizer) == (3, 0.2, "sgd")

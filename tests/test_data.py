@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, make_cifar_batches, make_image_folder
+from training.cli import get_args_parser, main
 from training.data import DataError, load_split
-from training.train import get_args_parser, main
 
 
 def test_image_folder_layout_any_class_count(tmp_path):

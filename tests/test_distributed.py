@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, free_port
+from clients.local import free_port
+from conftest import ROOT
+from contract.constants import CIFAR10_MEAN, CIFAR10_STD
 from training import distributed
 from training.checkpoint import load_checkpoint
-from training.config import CIFAR10_MEAN, CIFAR10_STD
+from training.cli import get_args_parser, main
 from training.data import load_split
 from training.engine import evaluate
-from training.model import SimpleCNN
-from training.train import get_args_parser, main
+from training.models import SimpleCNN
 
 pytestmark = pytest.mark.slow
 OUTPUTS = {"best.pt", "last.pt", "history.json", "training_curves.png", "confusion_matrix.png", "results.md"}
@@ -72,7 +73,7 @@ def test_every_epoch_counts_each_image_once_across_ranks(ddp_run):
     history = json.loads((out / "history.json").read_text())
     assert [h["samples"] for h in history] == [600, 600]  # 600 images, 300 per rank
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert load_checkpoint(out / "last.pt")["provenance"]["processes"] == 2
+    assert load_checkpoint(out / "last.pt").provenance["processes"] == 2
 
 
 def test_checkpoints_load_into_a_plain_simplecnn(ddp_run):
@@ -85,14 +86,14 @@ def test_sharded_test_accuracy_equals_one_process_evaluating_best_pt(ddp_run, re
     out, _ = ddp_run
     ckpt = load_checkpoint(out / "best.pt")
     model = SimpleCNN(num_classes=10)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.model)
     test = load_split(real_subset, "test")
     alone = evaluate(model, test.images, test.labels, mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
-    assert ckpt["metrics"]["test_images"] == 300
-    assert ckpt["metrics"]["test_acc"] == pytest.approx(alone["acc"], abs=1e-9)
-    assert ckpt["metrics"]["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)
+    assert ckpt.metrics["test_images"] == 300
+    assert ckpt.metrics["test_acc"] == pytest.approx(alone["acc"], abs=1e-9)
+    assert ckpt.metrics["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)
     best_epoch = max(json.loads((out / "history.json").read_text()), key=lambda h: h["val_acc"])["epoch"]
-    assert ckpt["metrics"]["epoch"] == best_epoch
+    assert ckpt.metrics["epoch"] == best_epoch
 
 
 def test_resume_under_two_ranks_reaches_the_uninterrupted_result(ddp_run, real_subset, tmp_path, tmp_path_factory):

@@ -63,21 +63,21 @@ def test_onnx_is_valid_and_carries_metadata(artifacts, checkpoint):
     onnx.checker.check_model(model, full_check=True)
     props = ort.InferenceSession(str(artifacts / "model.onnx")).get_modelmeta().custom_metadata_map
     ckpt = load_checkpoint(checkpoint)
-    assert json.loads(props["classes"]) == ckpt["classes"]
-    assert json.loads(props["normalization"]) == {"mean": ckpt["normalization"]["mean"],
-                                                  "std": ckpt["normalization"]["std"]}
+    assert json.loads(props["classes"]) == ckpt.classes
+    assert json.loads(props["normalization"]) == {"mean": list(ckpt.normalization.mean),
+                                                  "std": list(ckpt.normalization.std)}
     assert json.loads(props["input"])["shape"] == [-1, 32, 32, 3]
     assert json.loads(props["source_checkpoint"])["sha256"] == json.loads(
         (artifacts / "metadata.json").read_text())["source_checkpoint"]["sha256"]
-    assert json.loads(props["metrics"])["test_acc"] == ckpt["metrics"]["test_acc"]
+    assert json.loads(props["metrics"])["test_acc"] == ckpt.metrics["test_acc"]
     for key in ("training_config", "versions", "exported_at"):
         assert key in props
 
 
 def test_graphs_take_uint8_hwc_and_match_the_trainer(artifacts, checkpoint, real_subset):
     """Normalization inside the graph gives what the trainer's evaluation computed."""
+    from contract.constants import CIFAR10_MEAN, CIFAR10_STD
     from training.checkpoint import build_model
-    from training.config import CIFAR10_MEAN, CIFAR10_STD
     from training.data import load_split
     from training.engine import predict_logits
 
@@ -128,7 +128,7 @@ def test_failed_parity_leaves_previous_artifacts(artifacts, checkpoint, shared_d
     (lambda p, src: p.write_bytes(b"\x00" * 100), "not a readable checkpoint"),
     (lambda p, src: torch.save({**torch.load(src, weights_only=True), "arch": "ResNet18"}, p), "ResNet18"),
     (lambda p, src: torch.save({**torch.load(src, weights_only=True), "model_args": {"num_classes": 100}}, p),
-     "does not fit SimpleCNN with 100 classes"),
+     "does not fit the simplecnn network it names"),
 ])
 def test_bad_checkpoint_exits_2_and_writes_nothing(tmp_path, checkpoint, shared_data, make, message):
     bad = tmp_path / "bad.pt"

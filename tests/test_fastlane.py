@@ -13,6 +13,7 @@ class RunnerTrafficMetricsMiddleware:
     def __init__(self, app):
         self.app = app
         self.seen: list[str] = []
+        self._is_setup = True  # BentoML's sets up its metrics on the first request, before the lane is installed
 
     async def __call__(self, scope, receive, send):
         self.seen.append(scope["path"])
@@ -112,3 +113,25 @@ def test_a_layer_the_lane_must_not_skip_keeps_every_request_on_the_full_stack():
     outer = Outer(RunnerTrafficMetricsMiddleware(CORSMiddleware(Router("full stack"))))
     assert not fastlane.install(outer, {"/classify": _responder(200, "lane")}, timeout=5)
     assert _call(outer.middleware_stack, "POST", "/classify") == (200, b"full stack")
+
+
+def test_every_assumption_is_checked_and_a_broken_one_keeps_the_full_stack(monkeypatch, caplog):
+    assert [a.name for a in fastlane.ASSUMPTIONS] == ["BentoML release", "built middleware stack", "middleware chain",
+                                                      "known middleware only", "metrics layer copyable"]
+    metrics, outer = _stack()
+    assert fastlane.unmet_assumption(outer) is None  # the installed BentoML is a tested release
+
+    import bentoml
+    monkeypatch.setattr(bentoml, "__version__", "1.5.2")
+    assert "BentoML 1.5.2 is outside the tested releases 1.4 to 1.5" in fastlane.unmet_assumption(outer)
+    with caplog.at_level("WARNING", logger="bentoml.cifar10_service"):
+        assert not fastlane.install(outer, {"/classify": _responder(200, "lane")}, timeout=5)
+    assert "fast lane off: BentoML release" in caplog.text
+    assert _call(outer.middleware_stack, "POST", "/classify") == (200, b"full stack")
+    monkeypatch.undo()
+
+    metrics._is_setup = False  # a metrics layer that has not run yet would register its metrics twice
+    assert fastlane.unmet_assumption(outer).startswith("metrics layer copyable")
+    metrics._is_setup = True
+    metrics.app = object()  # a chain that never reaches the Router
+    assert fastlane.unmet_assumption(outer).startswith("middleware chain")

@@ -1,6 +1,6 @@
 import torch
 
-from training.model import SimpleCNN
+from training.models import SimpleCNN
 
 
 def test_parameter_count_is_pinned():

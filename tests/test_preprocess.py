@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, png_claiming
-from serving.preprocess import ImageError, decode
+from contract.images import ImageError, decode
 
 
 def solid(color, mode="RGB", size=(32, 32)) -> Image.Image:

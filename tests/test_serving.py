@@ -34,7 +34,7 @@ def test_predictions_match_the_exported_model_in_process(client, bento_home):
     paths = cifar_test_images(2)
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     expected = session.run(["probabilities"], {"image": pixels})[0]
-    for path, probs in zip(paths, expected):
+    for path, probs in zip(paths, expected, strict=True):
         r = client.post("/classify", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
@@ -132,7 +132,7 @@ def test_batch_keeps_request_order(client):
     assert r.status_code == 200, r.text
     batch = r.json()
     assert [b["index"] for b in batch] == [s["index"] for s in single]
-    for b, s in zip(batch, single):
+    for b, s in zip(batch, single, strict=True):
         assert abs(b["confidence"] - s["confidence"]) < 1e-5
 
 
@@ -248,7 +248,8 @@ def test_cuda_requested_without_cuda_refuses_to_start(bento_home):
 @pytest.mark.skipif(not _cuda_available(), reason="no CUDAExecutionProvider (onnxruntime-gpu and a GPU) here")
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
 def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
-    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_DEVICE": "cuda", "CIFAR10_RUNTIME": runtime})
+    srv = Server("serving.service:CIFAR10Classifier", bento_home,
+                 {"CIFAR10_DEVICE": "cuda", "CIFAR10_RUNTIME": runtime})
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as gpu:
             for p in cifar_test_images(1):

@@ -37,7 +37,7 @@ def test_grid_writes_one_row_per_cell(swept):
     assert [r["cell"] for r in rows] == ["lr=0.001_bs=64", "lr=0.0005_bs=64"]
     summary = json.loads((swept / "sweep.json").read_text())
     assert summary["cells_total"] == summary["cells_finished"] == 2
-    for row, cell in zip(rows, summary["cells"]):
+    for row, cell in zip(rows, summary["cells"], strict=True):
         best = json.loads((swept / cell["cell"] / "result.json").read_text())
         assert cell == best and 0 <= cell["best_val_acc"] <= 1 and cell["img_s"] > 0 and cell["epochs"] == 1
         assert float(row["test_acc"]) == cell["test_acc"] and len(cell["val_acc_curve"]) == 1

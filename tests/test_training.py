@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from training import io as tio
 from training.checkpoint import build_model, load_checkpoint
-from training.train import get_args_parser, main
+from training.cli import get_args_parser, main
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +58,11 @@ def test_short_run_learns_and_writes_every_output(trained):
 
 def test_best_checkpoint_is_self_describing(trained):
     ckpt = load_checkpoint(trained / "best.pt")
-    assert ckpt["classes"][0] == "airplane" and len(ckpt["classes"]) == 10
-    assert ckpt["normalization"]["mean"] == [0.4914, 0.4822, 0.4465]
-    assert ckpt["config"]["optimizer"] == "adam" and ckpt["config"]["epochs"] == 3
-    metrics = ckpt["metrics"]
+    assert ckpt.classes[0] == "airplane" and len(ckpt.classes) == 10
+    assert ckpt.arch == "simplecnn" and ckpt.model_args == {"num_classes": 10, "dropout": 0.5}
+    assert ckpt.normalization.mean == (0.4914, 0.4822, 0.4465) and ckpt.normalization.input_size == 32
+    assert ckpt.config["optimizer"] == "adam" and ckpt.config["epochs"] == 3
+    metrics = ckpt.metrics
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_images"] == 300
     assert metrics["epoch"] == max(json.loads((trained / "history.json").read_text()),
                                    key=lambda h: h["val_acc"])["epoch"]
@@ -93,7 +94,7 @@ def test_resume_rejects_a_changed_hyperparameter(trained, capsys):
 def test_eval_only_reproduces_the_stored_test_accuracy(trained, real_subset, capsys):
     assert run_cli("--eval-only", str(trained / "best.pt"), "--data", str(real_subset)) == 0
     out = capsys.readouterr().out
-    acc = load_checkpoint(trained / "best.pt")["metrics"]["test_acc"]
+    acc = load_checkpoint(trained / "best.pt").metrics["test_acc"]
     assert f"test accuracy {100 * acc:.2f}%" in out
     assert "airplane" in out
 
@@ -105,7 +106,11 @@ def test_eval_only_reproduces_the_stored_test_accuracy(trained, real_subset, cap
     (lambda p, src: torch.save({"weights": 1}, p), "not a cifar10-service checkpoint"),
     (lambda p, src: torch.save({**torch.load(src, weights_only=True), "arch": "ResNet18"}, p), "ResNet18"),
     (lambda p, src: torch.save({**torch.load(src, weights_only=True), "model_args": {"num_classes": 5}}, p),
-     "does not fit SimpleCNN with 5 classes"),
+     "does not fit the simplecnn network it names"),
+    (lambda p, src: torch.save({**torch.load(src, weights_only=True), "format_version": 1}, p),
+     "is a format 1 checkpoint and this version reads format 2"),
+    (lambda p, src: torch.save({k: v for k, v in torch.load(src, weights_only=True).items() if k != "classes"}, p),
+     "lacks classes"),
 ])
 def test_bad_checkpoints_are_one_clear_error(trained, real_subset, tmp_path, capsys, make, message):
     path = tmp_path / "ckpt.pt"
@@ -134,8 +139,8 @@ def test_val_split_holds_out_training_images_and_tests_once(real_subset, tmp_pat
     assert run_cli("--data", str(real_subset), "--epochs", "1", "--val-split", "100", "--batch-size", "32",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
     ckpt = load_checkpoint(tmp_path / "best.pt")
-    assert ckpt["provenance"]["dataset"]["train_images"] == 500
-    assert ckpt["provenance"]["dataset"]["val_images"] == 100
+    assert ckpt.provenance["dataset"]["train_images"] == 500
+    assert ckpt.provenance["dataset"]["val_images"] == 100
     assert json.loads((tmp_path / "history.json").read_text())[0]["samples"] == 500
     results = (tmp_path / "results.md").read_text()
     assert "100 images held out of the training split" in results and "Test Accuracy of best.pt" in results
@@ -144,7 +149,7 @@ def test_val_split_holds_out_training_images_and_tests_once(real_subset, tmp_pat
 def test_fast_recipe_runs(real_subset, tmp_path):
     assert run_cli("--data", str(real_subset), "--recipe", "fast", "--epochs", "2", "--batch-size", "64",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
-    cfg = load_checkpoint(tmp_path / "best.pt")["config"]
+    cfg = load_checkpoint(tmp_path / "best.pt").config
     assert cfg["recipe"] == "fast" and cfg["optimizer"] == "sgd" and cfg["tta_flip"] is True
     lrs = [h["lr"] for h in json.loads((tmp_path / "history.json").read_text())]
     assert lrs[0] < cfg["lr"]  # OneCycle starts below its peak
@@ -167,7 +172,7 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_same(real_subset, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    done = load_checkpoint(out / "last.pt")["epoch"]
+    done = load_checkpoint(out / "last.pt").epoch
     assert done >= 1
     assert run_cli("--resume", str(out / "last.pt"), "--epochs", str(done + 1)) == 0
     assert run_cli(*base, "--epochs", str(done + 1), "--checkpoint-dir", str(ref)) == 0

@@ -19,7 +19,8 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        message = "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        message = ("the browser test needs Debian's chromium and chromium-driver "
+                   "(apt-get install chromium chromium-driver)")
         if os.environ.get("CI"):
             pytest.fail(message)  # .ci/run installs them: missing there is a broken CI, not a skip
         pytest.skip(message)

@@ -1,3 +1,3 @@
-from .train import cli
+from .cli import cli
 
 cli()

@@ -6,11 +6,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-# Normalization from the design report (CIFAR-10 channel statistics).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.247, 0.243, 0.261)
-IMAGE_SIZE = 32
-
 CHOICES = {
     "optimizer": ("adam", "sgd"),
     "schedule": ("step", "onecycle"),

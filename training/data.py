@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serving.preprocess import IMAGE_EXTENSIONS, RESIZE_FILTER, prepare
+from contract.constants import IMAGE_SIZE
+from contract.images import IMAGE_EXTENSIONS, RESIZE_FILTER, prepare
 
-from .config import IMAGE_SIZE
+from .config import ConfigError, TrainConfig
 from .io import atomic_torch_save
 
 CIFAR_BATCHES = "cifar-10-batches-py"
@@ -165,3 +166,31 @@ def _load_image_folder(folder: Path, cache_dir: str | os.PathLike | None) -> Spl
     except OSError:
         pass  # a read-only cache location only costs the next run a decode
     return split
+
+
+def _subset(split: Split, idx: torch.Tensor) -> Split:
+    return Split(split.images[idx], split.labels[idx], split.classes)
+
+
+def prepare_data(cfg: TrainConfig, download: bool = False,
+                 cache_dir: str | os.PathLike | None = None) -> tuple[Split, Split, Split, str]:
+    """(train, validation, test, where validation comes from). Held-out and limited subsets are seeded."""
+    train = load_split(cfg.data, "train", download=download, cache_dir=cache_dir)
+    test = load_split(cfg.data, "test", download=False, cache_dir=cache_dir)
+    if test.classes != train.classes:
+        raise DataError(f"train and test splits of {cfg.data} have different class folders")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.val_split:
+        if cfg.val_split >= len(train):
+            raise ConfigError(f"--val-split {cfg.val_split} leaves no training images (the split has {len(train)})")
+        val = _subset(train, order[:cfg.val_split])
+        order = order[cfg.val_split:]
+        val_source = f"{cfg.val_split} images held out of the training split"
+    else:
+        val = test
+        val_source = "the test split (as in the design report)"
+    if cfg.limit_train:
+        order = order[:cfg.limit_train]
+    if cfg.val_split or cfg.limit_train:
+        train = _subset(train, order.sort().values)
+    return train, val, test, val_source

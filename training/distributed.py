@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
-from serving.backends import worker_cpus
+from contract.cpus import worker_cpus
 
 from .config import ConfigError
 

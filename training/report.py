@@ -10,8 +10,10 @@ import numpy as np
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from contract import reports  # noqa: E402
 
 from .io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -47,29 +49,11 @@ def plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_confusion(out_dir: Path, confusion: torch.Tensor, classes: list[str], title: str) -> None:
-    c = confusion.float()
-    rates = c / c.sum(1, keepdim=True).clamp(min=1)
-    size = max(6.0, 0.6 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    if len(classes) <= 20:
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    _save_figure(fig, out_dir / "confusion_matrix.png")
+    reports.plot_confusion(out_dir / "confusion_matrix.png", confusion.tolist(), classes, title)
 
 
 def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    totals = confusion.sum(1).clamp(min=1)
-    return {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(classes)}
+    return {name: acc or 0.0 for name, acc in reports.per_class_accuracy(confusion.tolist(), classes).items()}
 
 
 def images_per_second(history: list[dict[str, Any]]) -> float:

@@ -18,11 +18,11 @@ from typing import Any, Optional
 
 from . import distributed, report
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli import config_from_args
+from .cli import get_args_parser as training_args_parser
+from .cli import main as train_main
 from .config import ConfigError
 from .io import atomic_write_json, atomic_write_text
-from .train import config_from_args
-from .train import get_args_parser as training_args_parser
-from .train import main as train_main
 
 # Set by the sweep for each cell, so not accepted among the passed-through training flags.
 OWN_FLAGS = {"checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "eval_only": "--eval-only"}
@@ -123,7 +123,7 @@ def _state(cell: dict[str, Any]) -> str:
         stored = json.loads(result.read_text())["config"]
     elif last.is_file():
         try:
-            stored = load_checkpoint(last)["config"]
+            stored = load_checkpoint(last).config
         except CheckpointError as exc:
             raise SweepError(f"{exc}; delete {folder} to run the cell again") from None
     else:
@@ -140,7 +140,7 @@ def _result(cell: dict[str, Any], wall_seconds: float, resumed: bool) -> dict[st
     folder = cell["folder"]
     best = load_checkpoint(folder / "best.pt")
     history = json.loads((folder / "history.json").read_text())
-    metrics, summary = best["metrics"], best.get("summary", {})
+    metrics, summary = best.metrics, best.summary or {}
     cfg = cell["config"]
     return {
         "cell": folder.name, "lr": cell["lr"], "batch_size": cell["batch_size"], "recipe": cfg.recipe,

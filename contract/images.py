@@ -1,8 +1,8 @@
-"""Any upload -> the model's input: uint8 [32, 32, 3] RGB. Imports only PIL and numpy.
+"""The image-decoding contract: any image file -> the model's input, uint8 [32, 32, 3] RGB.
 
-The training stage decodes its image files with prepare() too, so the service sees exactly the
-pixels evaluation saw: EXIF orientation applied, first frame, RGB, and (only when the size differs)
-a PIL bilinear resize to 32x32.
+The training stage decodes its files with prepare() and the service decodes uploads with decode(), so
+the service sees exactly the pixels evaluation saw: EXIF orientation applied, first frame, RGB, and
+(only when the size differs) a PIL bilinear resize to 32x32. Imports only PIL and numpy.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .constants import DEFAULT_MAX_PIXELS, IMAGE_SIZE
+
 RESIZE_FILTER = Image.Resampling.BILINEAR
 # File names an image folder is read by (training's ImageFolder, `cifar10-classify --eval`).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
-# Checked from the header, before any pixel is decoded: 40 MP is a 7,300 x 5,500 photo.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class ImageError(ValueError):
@@ -41,7 +41,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare(im: Image.Image, size: int = 32) -> np.ndarray:
+def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB."""
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
@@ -52,7 +52,7 @@ def prepare(im: Image.Image, size: int = 32) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode(data: bytes, size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded bytes -> uint8 [size, size, 3], or ImageError with a stable code."""
     if not data:
         raise ImageError("empty_file", "the uploaded file is empty")
@@ -72,4 +72,5 @@ def decode(data: bytes, size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except Image.DecompressionBombError as exc:
         raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError("corrupt_image", f"the image could not be decoded; it is truncated or corrupt ({exc})") from None
+        raise ImageError("corrupt_image",
+                         f"the image could not be decoded; it is truncated or corrupt ({exc})") from None

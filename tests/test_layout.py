@@ -1,0 +1,127 @@
+"""The import rules of README's folder map, checked by parsing every module's imports (nothing is imported).
+
+Imports run one way, with the pipeline: contract <- training <- export; contract <- serving; contract <- clients.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+PACKAGES = ("contract", "training", "export", "serving", "clients")
+# package -> first-party packages it must never import (anywhere in its files, lazily or not)
+FORBIDDEN = {
+    "contract": {"training", "export", "serving", "clients"},
+    "training": {"export", "serving", "clients"},
+    "export": {"serving", "clients"},
+    "serving": {"training", "export", "clients"},
+    "clients": {"training", "export", "serving"},
+}
+# Modules that are a stage's command line: no other stage may import them.
+COMMAND_LINES = {"training.cli", "training.sweep", "training.__main__", "export.cli", "export.__main__",
+                 "clients.cli", "clients.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, module_name: str | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """(imported module, enclosing class/function names) for every import statement in the file."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = (module_name or _module_name(path)).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: list[tuple[str, tuple[str, ...]]] = []
+
+    def visit(node: ast.AST, scope: tuple[str, ...]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, (*scope, child.name))
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, scope) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: resolve against this module's package
+                    parts = package[:len(package) - child.level + 1]
+                    module = ".".join([*parts, child.module] if child.module else parts)
+                    names = [module, *(f"{module}.{a.name}" for a in child.names)]
+                    found.extend((n, scope) for n in names)
+                else:
+                    found.append((child.module, scope))
+                    found.extend((f"{child.module}.{a.name}", scope) for a in child.names)
+            visit(child, scope)
+
+    visit(tree, ())
+    return found
+
+
+def files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_run_one_way_with_the_pipeline(package):
+    bad = []
+    for path in files(package):
+        for module, _ in imports(path):
+            top = module.split(".")[0]
+            if top in FORBIDDEN[package]:
+                bad.append(f"{path.relative_to(ROOT)} imports {module}")
+            if module in COMMAND_LINES and top != package:
+                bad.append(f"{path.relative_to(ROOT)} imports {top}'s command line ({module})")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", ["contract", "clients"])
+def test_no_torch_at_all(package):
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in files(package) for m, _ in imports(p) if m.split(".")[0] == "torch"]
+    assert not bad, bad
+
+
+def test_serving_imports_torch_only_inside_the_torchscript_backend():
+    # The ONNX path (the CPU bento) has no torch installed: any other torch import would break it.
+    seen = []
+    for path in files("serving"):
+        for module, scope in imports(path):
+            if module.split(".")[0] == "torch":
+                seen.append((path.name, scope[:1]))
+                assert path.name == "backends.py" and scope[:1] == ("TorchScriptBackend",), (path, scope)
+    assert seen, "expected the TorchScript backend's lazy torch import"
+
+
+def test_the_model_files_import_only_torch():
+    for path in (ROOT / "training" / "models").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        tops = {m.split(".")[0] for m, _ in imports(path)} - {"__future__", "math", "typing", "dataclasses"}
+        assert tops <= {"torch"}, (path.name, tops)
+
+
+def test_the_rules_would_catch_a_violation(tmp_path):
+    bad = tmp_path / "probe.py"
+    bad.write_text("def f():\n    from training.cli import main\n    from ..export import cli\n    from . import api\n")
+    found = [m for m, _ in imports(bad, module_name="serving.probe")]
+    assert {"training.cli", "export.cli", "serving.api"} <= set(found)
+
+
+@pytest.mark.parametrize("bentofile", ["bentofile.yaml", "bentofile.gpu.yaml"])
+def test_bentofiles_pack_every_package_the_service_imports(bentofile):
+    spec = yaml.safe_load((ROOT / bentofile).read_text())
+    included = {pattern.split("/")[0] for pattern in spec["include"]}
+    needed, todo = set(), ["serving"]
+    while todo:
+        package = todo.pop()
+        needed.add(package)
+        for path in files(package):
+            for module, _ in imports(path):
+                top = module.split(".")[0]
+                if top in PACKAGES and top not in needed:
+                    todo.append(top)
+    assert needed == {"serving", "contract"}
+    assert needed <= included, f"{bentofile} includes {sorted(included)}, the service needs {sorted(needed)}"

@@ -1,0 +1,192 @@
+"""The training stage's command line: `python -m training` / `cifar10-train`.
+
+get_args_parser() builds the flags, main(args) turns them into a TrainConfig (or a resumed one) and runs
+training/train.py; user errors end as one `error: ...` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed, report
+from .checkpoint import CheckpointError, build_model, config_of, load_checkpoint
+from .config import RECIPES, ConfigError, TrainConfig
+from .data import LAYOUTS, DataError, load_split
+from .distributed import DistInfo, PeerFailed
+from .engine import evaluate
+from .runtime import describe_device, pick_device
+from .train import RunOptions, train
+
+# Options that may differ from the stored config when resuming: where things are, and (for the
+# step schedule, which does not depend on the run length) how many epochs to run in all.
+RESUME_OVERRIDABLE = {"data", "checkpoint_dir", "use_cuda", "epochs"}
+# Flags about how to run, not what to train: never part of the TrainConfig.
+RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cifar10-train",
+        description="Train SimpleCNN on CIFAR-10 (or any ImageFolder tree) and keep the best checkpoint.",
+        argument_default=argparse.SUPPRESS,  # only flags the user gave override the recipe
+    )
+    p.add_argument("--data", metavar="DIR", help=f"dataset: {LAYOUTS} (default: $CIFAR10_DATA or ./data)")
+    p.add_argument("--download", action="store_true", default=False,
+                   help="download CIFAR-10 into --data when it is not there")
+    p.add_argument("--recipe", choices=list(RECIPES), help="default: the design report's recipe; "
+                   "fast: SGD-nesterov + OneCycle + label smoothing + light augmentation, no dropout + flip TTA "
+                   "(see README)")
+    p.add_argument("--epochs", type=int, help="epochs to train (default 20)")
+    p.add_argument("--batch-size", type=int, help="batch size per process (default 128 on CUDA, 64 on CPU); "
+                   "under torchrun the global batch is this times the number of processes")
+    p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema-decay", type=float, help="keep an exponential moving average of the weights "
+                   "with this decay per step and validate/save it (0 = off)")
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="dropout probability before the last layer while training (default 0.5; "
+                   "identity at inference, so the exported model is the same)")
+    p.add_argument("--crop-padding", type=int, metavar="PX",
+                   help="zero padding before the random 32x32 crop (default 4; the fast recipe uses less)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
+                   help="evaluate on each image and its mirror (averaged logits)")
+    p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CPUs with native bf16 and on CUDA GPUs that support it, fp16 on "
+                   "other GPUs, else fp32")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="where outputs go (default ./checkpoints)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--val-split", type=int, metavar="N",
+                   help="hold out N training images for validation and test best.pt once at the end "
+                   "(default 0: validate on the test split, as in the design report)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on a random subset of N images")
+    p.add_argument("--resume", metavar="CHECKPOINT", default=None, help="continue from a last.pt")
+    p.add_argument("--eval-only", metavar="CHECKPOINT", default=None,
+                   help="evaluate a checkpoint on the test split and exit")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where decoded datasets are cached (default $CIFAR10_CACHE_DIR or ~/.cache/cifar10-service)")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars or per-epoch lines")
+    d = p.add_argument_group("multi-process training (start with torchrun, e.g. "
+                             "torchrun --nproc_per_node=2 -m training)")
+    d.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes "
+                   "(CUDA only; no effect in a single process)")
+    d.add_argument("--threads", type=int, metavar="N", default=None,
+                   help="intra-op CPU threads per process (default: $OMP_NUM_THREADS when set, else the CPUs "
+                   "divided among the processes on this node; torchrun sets OMP_NUM_THREADS=1 when it starts "
+                   "several processes per node, so pass --threads to give each more)")
+    d.add_argument("--dist-timeout", type=float, metavar="SECONDS", default=600.0,
+                   help="how long a process waits for the others (to join, or in a collective) before the job "
+                   "fails (default 600; the first decode of a large dataset on local rank 0 must fit in it)")
+    return p
+
+
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in RUN_FLAGS}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = _overrides(args)
+    return TrainConfig.for_recipe(overrides.pop("recipe", "default"), **overrides)
+
+
+def resume_config(args: argparse.Namespace, stored: TrainConfig, path: str) -> TrainConfig:
+    """The stored config with the flags a resumed run may change; any other differing flag is an error."""
+    overrides = _overrides(args)
+    merged = stored.to_dict()
+    for key, value in overrides.items():
+        if key in RESUME_OVERRIDABLE and not (key == "epochs" and stored.schedule != "step"):
+            merged[key] = value
+        elif value != merged.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value} differs from the checkpoint's {merged.get(key)}; a resumed run "
+                              f"keeps its stored config (only {', '.join(sorted(RESUME_OVERRIDABLE))} may change)")
+    if "checkpoint_dir" not in overrides:
+        merged["checkpoint_dir"] = str(Path(path).parent)
+    return TrainConfig.from_dict(merged)
+
+
+def run_eval_only(path: str, args: argparse.Namespace) -> int:
+    """--eval-only: the checkpoint's fp32 accuracy (with its TTA) on the test split, per class too."""
+    ckpt = load_checkpoint(path)
+    cfg = config_of(ckpt, path)
+    model = build_model(ckpt, path)
+    data = getattr(args, "data", cfg.data)
+    device = pick_device(TrainConfig.from_dict({**cfg.to_dict(), "use_cuda": getattr(args, "use_cuda", True)}))
+    test = load_split(data, "test", cache_dir=args.cache_dir)
+    if test.classes != list(ckpt.classes):
+        raise DataError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt.classes}")
+    model.to(device)
+    mean = torch.tensor(ckpt.normalization.mean, device=device)
+    std = torch.tensor(ckpt.normalization.std, device=device)
+    result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip)
+    print(f"{path}: test accuracy {100 * result['acc']:.2f}%  loss {result['loss']:.4f}  "
+          f"({len(test)} images, fp32{', flip TTA' if cfg.tta_flip else ''}, {describe_device(device)})")
+    for name, acc in report.per_class_accuracy(result["confusion"], test.classes).items():
+        print(f"  {name:>12s}  {100 * acc:5.1f}%")
+    return 0
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """Flags about how to run, with the checkpoint to resume from loaded (onto the CPU: each rank moves it)."""
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    opts = RunOptions(download=args.download, cache_dir=args.cache_dir, quiet=args.quiet, threads=args.threads,
+                      dist_timeout=args.dist_timeout, resume_path=args.resume)
+    if args.resume:
+        opts.resume = load_checkpoint(args.resume)
+        if opts.resume.resume is None:
+            raise CheckpointError(f"{args.resume} has no optimizer state; resume from a last.pt")
+    return opts
+
+
+def main(args: argparse.Namespace) -> int:
+    info = DistInfo()
+    try:
+        info = distributed.from_env()
+        if args.eval_only:
+            if info.enabled:
+                if info.local_rank:
+                    raise PeerFailed()  # local rank 0 says why
+                raise ConfigError("--eval-only runs in one process; start it with python -m training, not torchrun")
+            return run_eval_only(args.eval_only, args)
+        try:
+            opts = run_options(args)
+            cfg = (resume_config(args, config_of(opts.resume, args.resume), args.resume) if opts.resume
+                   else config_from_args(args))
+        except (ConfigError, CheckpointError):
+            if info.local_rank:
+                raise PeerFailed() from None  # same command line and files as local rank 0, which reports it
+            raise
+        return train(cfg, opts, info)
+    except PeerFailed:
+        # The rank that failed reports why and exits, and torchrun then stops this one; leaving
+        # first could get that rank stopped before its message is out.
+        time.sleep(distributed.PEER_REPORT_GRACE_S)
+        return 2
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {_who(info)}{exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not distributed.lost_peers(exc):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {_who(info)}another process of this job stopped answering, so this one stops too "
+              f"({detail}); torchrun's report names the rank that failed first", file=sys.stderr)
+        return 1
+
+
+def _who(info: DistInfo) -> str:
+    return f"rank {info.rank}: " if info.enabled else ""
+
+
+def cli() -> None:
+    sys.exit(main(get_args_parser().parse_args()))
