@@ -1,11 +1,13 @@
-"""In-process inference speed of the exported model: eager PyTorch vs TorchScript vs ONNX Runtime.
+"""In-process inference speed of exported models: eager PyTorch vs TorchScript vs ONNX Runtime fp32 vs int8.
 
   python benchmarks/inference.py --artifacts artifacts/ [--checkpoint checkpoints/best.pt] [--seconds 3]
+  python benchmarks/inference.py --artifacts artifacts/simplecnn artifacts/airbench --no-torchscript
 
 Each runtime gets the same uint8 [N, 32, 32, 3] batches (N = 1 and 64) and is called repeatedly for
-about --seconds; the table gives images/s and per-call latency p50/p99. Threads are set explicitly:
-torch.set_num_threads and ONNX Runtime's intra_op_num_threads both = --threads (default: all CPUs).
-Without --checkpoint, "eager" is skipped (the artifacts alone need no training code).
+about --seconds; the table gives images/s and per-call latency p50/p99, and int8 / fp32 speed-ups per
+network. Threads are set explicitly: torch.set_num_threads and ONNX Runtime's intra_op_num_threads both =
+--threads (default: all CPUs). Without --checkpoint, "eager" is skipped (the artifacts alone need no
+training code).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.cli import load_torchscript  # noqa: E402
+from export.graphs import load_torchscript  # noqa: E402
 from export.wrapper import classifier_from_checkpoint  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 
@@ -41,54 +43,78 @@ def measure(call: Callable[[], object], seconds: float) -> list[float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", default="artifacts", help="folder with model.ts and model.onnx")
-    p.add_argument("--checkpoint", default=None, help="best.pt, for the eager PyTorch row")
+    p.add_argument("--artifacts", nargs="+", default=["artifacts"],
+                   help="export folders (model.onnx, model.ts, and model.int8.onnx when exported); one per network")
+    p.add_argument("--checkpoint", default=None, help="best.pt of the (single) --artifacts folder: adds eager rows")
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--no-torchscript", action="store_true", help="ONNX Runtime rows only")
     args = p.parse_args()
 
     import onnxruntime as ort
 
-    art = Path(args.artifacts)
-    if not (art / "model.onnx").is_file() or not (art / "model.ts").is_file():
-        print(f"error: {art} has no model.onnx and model.ts; run python -m export first", file=sys.stderr)
+    folders = [Path(a) for a in args.artifacts]
+    for art in folders:
+        if not (art / "model.onnx").is_file():
+            print(f"error: {art} has no model.onnx; run python -m export first", file=sys.stderr)
+            return 2
+    if args.checkpoint and len(folders) > 1:
+        print("error: --checkpoint goes with a single --artifacts folder", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    runtimes: dict[str, Callable[[np.ndarray], object]] = {}
-    for device in devices:
-        if ckpt is not None:
-            eager = classifier_from_checkpoint(ckpt, args.checkpoint).to(device)
-            runtimes[f"eager pytorch ({device})"] = _torch_call(eager, device)
-        runtimes[f"torchscript ({device})"] = _torch_call(load_torchscript(art / "model.ts", device), device)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
     providers = [pr for pr in ("CUDAExecutionProvider", "CPUExecutionProvider") if pr in ort.get_available_providers()]
-    for provider in providers:
-        session = ort.InferenceSession(str(art / "model.onnx"), opts, providers=[provider])
-        label = "cuda" if provider.startswith("CUDA") else "cpu"
-        runtimes[f"onnxruntime ({label})"] = lambda x, s=session: s.run(None, {"image": x})
+    # (model, runtime label, device, call)
+    runtimes: list[tuple[str, str, str, Callable[[np.ndarray], object]]] = []
+    for art in folders:
+        name = json.loads((art / "metadata.json").read_text())["model_name"]
+        if args.checkpoint:
+            ckpt = load_checkpoint(args.checkpoint)
+            for device in devices:
+                eager = classifier_from_checkpoint(ckpt, args.checkpoint).to(device)
+                runtimes.append((name, "eager pytorch", device, _torch_call(eager, device)))
+        if not args.no_torchscript and (art / "model.ts").is_file():
+            for device in devices:
+                runtimes.append((name, "torchscript", device, _torch_call(load_torchscript(art / "model.ts", device),
+                                                                          device)))
+        for provider in providers:
+            session = ort.InferenceSession(str(art / "model.onnx"), opts, providers=[provider])
+            label = "cuda" if provider.startswith("CUDA") else "cpu"
+            runtimes.append((name, "onnxruntime", label, lambda x, s=session: s.run(None, {"image": x})))
+        if (art / "model.int8.onnx").is_file():
+            session = ort.InferenceSession(str(art / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+            runtimes.append((name, "onnxruntime int8", "cpu", lambda x, s=session: s.run(None, {"image": x})))
 
     rows, figures = [], {}
     rng = np.random.default_rng(0)
     for batch in args.batch_sizes:
         x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-        for name, fn in runtimes.items():
+        for model, runtime, device, fn in runtimes:
             lat = np.array(measure(lambda fn=fn, x=x: fn(x), args.seconds)) * 1000
-            row = (name, batch, batch * len(lat) / (lat.sum() / 1000), np.percentile(lat, 50), np.percentile(lat, 99))
-            rows.append(row)
-            key = name.split(" (")[0].replace(" ", "_") + "_" + name.split("(")[1].rstrip(")") + f"_b{batch}"
-            figures[f"{key}_img_s"] = round(row[2], 1)
-            figures[f"{key}_p50_ms"] = round(row[3], 4)
-            figures[f"{key}_p99_ms"] = round(row[4], 4)
+            ips = batch * len(lat) / (lat.sum() / 1000)
+            rows.append((model, f"{runtime} ({device})", batch, ips, np.percentile(lat, 50), np.percentile(lat, 99)))
+            key = f"{model}_{runtime.replace(' ', '_')}_{device}_b{batch}"
+            figures[f"{key}_img_s"] = round(ips, 1)
+            figures[f"{key}_p50_ms"] = round(float(np.percentile(lat, 50)), 4)
+            figures[f"{key}_p99_ms"] = round(float(np.percentile(lat, 99)), 4)
+    for model in dict.fromkeys(r[0] for r in rows):
+        for batch in args.batch_sizes:
+            fp32 = figures.get(f"{model}_onnxruntime_cpu_b{batch}_img_s")
+            int8 = figures.get(f"{model}_onnxruntime_int8_cpu_b{batch}_img_s")
+            if fp32 and int8:
+                figures[f"{model}_int8_speedup_b{batch}"] = round(int8 / fp32, 3)
     print(f"threads: {args.threads} (torch and onnxruntime); torch {torch.__version__}, onnxruntime {ort.__version__}")
-    print(f"{'runtime':<24} | {'batch':>5} | {'images/s':>10} | {'p50 ms':>8} | {'p99 ms':>8}")
-    print("-" * 68)
-    for name, batch, ips, p50, p99 in rows:
-        print(f"{name:<24} | {batch:>5} | {ips:>10,.0f} | {p50:>8.3f} | {p99:>8.3f}")
+    print(f"{'model':<20} | {'runtime':<24} | {'batch':>5} | {'images/s':>10} | {'p50 ms':>8} | {'p99 ms':>8}")
+    print("-" * 90)
+    for model, runtime, batch, ips, p50, p99 in rows:
+        print(f"{model:<20} | {runtime:<24} | {batch:>5} | {ips:>10,.0f} | {p50:>8.3f} | {p99:>8.3f}")
+    speedups = {k: v for k, v in figures.items() if "speedup" in k}
+    for k, v in speedups.items():
+        print(f"{k}: {v:.2f}x")
     figures["threads"] = args.threads
     print(json.dumps(figures))
     return 0

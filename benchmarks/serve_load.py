@@ -1,20 +1,26 @@
-"""HTTP load test of POST /classify: this BentoML service vs a minimal Starlette + uvicorn peer.
+"""HTTP load test of POST /classify: this BentoML service (several configurations) vs a minimal peer.
 
-  python benchmarks/serve_load.py [--duration 5] [--concurrency 1 8 32 64] [--bentoml-home DIR]
+  python benchmarks/serve_load.py [--duration 5] [--concurrency 1 8 32 64] [--model cifar10-simplecnn:latest]
+  python benchmarks/serve_load.py --only default raw json int8 peer --concurrency 1 32
 
-Needs `hey` (Debian package `hey`) and cifar10-simplecnn:latest in the BentoML store. Every server
-runs on a free loopback port, one at a time, and is stopped (by PID) after its rows. Rows:
-  service (default config)      - bentoml serve, the defaults a user gets
-  service fast lane off         - CIFAR10_FAST_LANE=off (every request through BentoML's middleware)
-  service batching off          - CIFAR10_BATCHING=off
-  service access log on         - CIFAR10_ACCESS_LOG=on
-  service 2 workers             - CIFAR10_WORKERS=2
-  peer (starlette+uvicorn+ort)  - benchmarks/serve_peer.py, one process
+Needs `hey` (Debian package `hey`) and the model in the BentoML store. Every server runs on a free loopback
+port, one at a time, and is stopped (by its process group) after its rows. Rows:
+  default     service, default config, multipart body (the documented default)
+  raw         the same server, the image as the raw body (Content-Type: image/jpeg)
+  json        the same server, JSON {"image": "<base64>"}
+  explainmix  the same server, /classify measured while `hey -c 2` keeps POST /explain busy beside it
+  nolane      CIFAR10_FAST_LANE=off (every request through BentoML's middleware)
+  nobatch     CIFAR10_BATCHING=off
+  accesslog   CIFAR10_ACCESS_LOG=on
+  workers2    CIFAR10_WORKERS=2
+  int8        CIFAR10_RUNTIME=onnx-int8 (model.int8.onnx)
+  peer        benchmarks/serve_peer.py (Starlette + uvicorn + onnxruntime, one process, same model file)
 Latency percentiles come from hey's per-request CSV; requests/s is requests completed / duration.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import io
 import json
@@ -33,12 +39,39 @@ sys.path.insert(0, str(ROOT))
 from clients.local import LocalService, free_port  # noqa: E402
 
 BOUNDARY = "cifar10benchboundary"
+# key -> (label, server environment or None for the peer, body kind, path)
+ROWS = {
+    "default": ("service, multipart (default)", {}, "multipart", "/classify"),
+    "raw": ("service, raw image body", {}, "raw", "/classify"),
+    "json": ("service, JSON base64 body", {}, "json", "/classify"),
+    "explainmix": ("service, beside /explain load", {}, "multipart", "/classify"),
+    "nolane": ("service, fast lane off", {"CIFAR10_FAST_LANE": "off"}, "multipart", "/classify"),
+    "nobatch": ("service, batching off", {"CIFAR10_BATCHING": "off"}, "multipart", "/classify"),
+    "accesslog": ("service, access log on", {"CIFAR10_ACCESS_LOG": "on"}, "multipart", "/classify"),
+    "workers2": ("service, 2 workers", {"CIFAR10_WORKERS": "2"}, "multipart", "/classify"),
+    "int8": ("service, onnx-int8 runtime", {"CIFAR10_RUNTIME": "onnx-int8"}, "multipart", "/classify"),
+    "peer": ("peer (starlette+uvicorn+ort)", None, "multipart", "/classify"),
+}
 
 
-def hey(url: str, body: Path, concurrency: int, duration: float) -> dict:
-    out = subprocess.run(["hey", "-z", f"{duration}s", "-c", str(concurrency), "-m", "POST", "-D", str(body),
-                          "-T", f"multipart/form-data; boundary={BOUNDARY}", "-o", "csv", url],
-                         capture_output=True, text=True, timeout=duration + 60)
+def bodies(image: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """(body file, content type) per body kind."""
+    data = image.read_bytes()
+    multipart = tmp / "multipart"
+    multipart.write_bytes(
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{image.name}\"\r\n"
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode())
+    raw = tmp / "raw"
+    raw.write_bytes(data)
+    js = tmp / "json"
+    js.write_text(json.dumps({"image": base64.b64encode(data).decode()}))
+    return {"multipart": (multipart, f"multipart/form-data; boundary={BOUNDARY}"),
+            "raw": (raw, "image/jpeg"), "json": (js, "application/json")}
+
+
+def hey(url: str, body: tuple[Path, str], concurrency: int, duration: float) -> dict:
+    out = subprocess.run(["hey", "-z", f"{duration}s", "-c", str(concurrency), "-m", "POST", "-D", str(body[0]),
+                          "-T", body[1], "-o", "csv", url], capture_output=True, text=True, timeout=duration + 60)
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     lat = np.array([float(r["response-time"]) for r in rows]) * 1000
     ok = sum(r["status-code"] == "200" for r in rows)
@@ -47,26 +80,43 @@ def hey(url: str, body: Path, concurrency: int, duration: float) -> dict:
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
 
 
+def measure(key: str, url: str, body: dict, concurrency: list[int], duration: float) -> dict[int, dict]:
+    kind, path = ROWS[key][2], ROWS[key][3]
+    hey(url + path, body[kind], 8, 1.0)  # warm-up
+    if key != "explainmix":
+        return {c: hey(url + path, body[kind], c, duration) for c in concurrency}
+    results = {}
+    for c in concurrency:  # two clients asking for explanations the whole time, beside the measured ones
+        side = subprocess.Popen(["hey", "-z", f"{duration + 1}s", "-c", "2", "-m", "POST", "-D",
+                                 str(body["multipart"][0]), "-T", body["multipart"][1], url + "/explain"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        results[c] = hey(url + path, body[kind], c, duration)
+        out, _ = side.communicate(timeout=duration + 60)
+        done = next((line.split()[1] for line in out.splitlines() if line.strip().startswith("Requests/sec:")), "?")
+        results[c]["explain_rps"] = float(done) if done != "?" else None
+    return results
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--bentoml-home", default=os.environ.get("BENTOML_HOME"))
+    p.add_argument("--model", default=os.environ.get("CIFAR10_MODEL", "cifar10-simplecnn:latest"),
+                   help="model tag in the store (default $CIFAR10_MODEL or cifar10-simplecnn:latest)")
     p.add_argument("--image", default=None, help="image to POST (default: a CIFAR-10 test JPEG)")
-    p.add_argument("--only", nargs="+", default=None,
-                   help="run only these rows (default, nolane, nobatch, accesslog, workers2, peer)")
+    p.add_argument("--only", nargs="+", default=None, choices=list(ROWS), help="run only these rows")
     args = p.parse_args()
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
         return 2
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT), "CIFAR10_MODEL": args.model}
     if args.bentoml_home:
         env["BENTOML_HOME"] = args.bentoml_home
-    model_dir = subprocess.run([sys.executable, "-c", "import bentoml; print(bentoml.models.get("
-                                "'cifar10-simplecnn:latest').path)"], capture_output=True, text=True, env=env)
+    lookup = f"import bentoml; print(bentoml.models.get({args.model!r}).path)"
+    model_dir = subprocess.run([sys.executable, "-c", lookup], capture_output=True, text=True, env=env)
     if model_dir.returncode != 0:
-        print("error: no cifar10-simplecnn:latest in the BentoML store; run python -m export ... --bentoml",
-              file=sys.stderr)
+        print(f"error: no {args.model} in the BentoML store; run python -m export ... --bentoml", file=sys.stderr)
         return 2
     image = Path(args.image) if args.image else next(
         (ROOT.parent / "shared" / "datasets" / "cifar10" / "test" / "cat").glob("*.jpg"), None)
@@ -74,23 +124,16 @@ def main() -> int:
         print("error: pass --image FILE", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    body = tmp / "body"
-    body.write_bytes(
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{image.name}\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + image.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode())
+    body = bodies(image, tmp)
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    configs = {
-        "default": ("service (default config)", {}),
-        "nolane": ("service fast lane off", {"CIFAR10_FAST_LANE": "off"}),
-        "nobatch": ("service batching off", {"CIFAR10_BATCHING": "off"}),
-        "accesslog": ("service access log on", {"CIFAR10_ACCESS_LOG": "on"}),
-        "workers2": ("service 2 workers", {"CIFAR10_WORKERS": "2"}),
-        "peer": ("peer (starlette+uvicorn+ort)", None),
-    }
+    wanted = [k for k in ROWS if not args.only or k in args.only]
+    # One server per distinct environment; rows that share it (default, raw, json, explainmix) run back to back.
+    servers: dict[str, list[str]] = {}
+    for key in wanted:
+        servers.setdefault(json.dumps(ROWS[key][1]), []).append(key)
     results: dict[str, dict[int, dict]] = {}
-    for key, (_label, extra) in configs.items():
-        if args.only and key not in args.only:
-            continue
+    for env_key, keys in servers.items():
+        extra = json.loads(env_key)
         port = free_port()
         if extra is None:
             cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serve_peer:app", "--host", "127.0.0.1", "--port",
@@ -100,28 +143,26 @@ def main() -> int:
             cmd = [bentoml, "serve", "serving.service:CIFAR10Classifier", "--host", "127.0.0.1", "--port", str(port)]
             server_env = {**env, **extra}
         ready = None if extra is None else "/readyz"  # the peer has no readiness route: its port opening will do
-        with LocalService(cmd, port, tmp / f"{key}.log", env=server_env, cwd=ROOT, ready_path=ready) as svc:
-            url = f"{svc.url}/classify"
-            hey(url, body, 8, 1.0)  # warm-up
-            results[key] = {c: hey(url, body, c, args.duration) for c in args.concurrency}
-    print(f"\nPOST /classify, {image.name} ({image.stat().st_size} bytes), hey -z {args.duration}s; "
+        with LocalService(cmd, port, tmp / f"{keys[0]}.log", env=server_env, cwd=ROOT, ready_path=ready) as svc:
+            for key in keys:
+                results[key] = measure(key, svc.url, body, args.concurrency, args.duration)
+    print(f"\nPOST /classify with {args.model}, {image.name} ({image.stat().st_size} bytes), hey -z {args.duration}s; "
           f"{os.cpu_count()} CPUs shared with the load generator")
-    print(f"{'server':<30} | {'conc':>4} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-200':>7}")
-    print("-" * 78)
+    print(f"{'server':<32} | {'conc':>4} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-200':>7}")
+    print("-" * 80)
+    figures: dict[str, object] = {"model": args.model}
     for key, rows in results.items():
         for c, r in rows.items():
-            print(f"{configs[key][0]:<30} | {c:>4} | {r['rps']:>8,.0f} | {r['p50_ms']:>7.2f} | {r['p99_ms']:>7.2f} | "
-                  f"{r['requests'] - r['ok']:>7}")
-    figures = {}
-    for key, rows in results.items():
-        name = {"default": "service", "nolane": "service_nolane", "nobatch": "service_nobatch",
-                "accesslog": "service_log", "workers2": "service_2w", "peer": "peer"}[key]
-        for c, r in rows.items():
-            figures[f"{name}_rps_c{c}"] = round(r["rps"], 1)
-            figures[f"{name}_p50_ms_c{c}"] = round(r["p50_ms"], 3)
-            figures[f"{name}_p99_ms_c{c}"] = round(r["p99_ms"], 3)
-    if "service_rps_c32" in figures and "peer_rps_c32" in figures:
-        figures["ratio_c32"] = round(figures["service_rps_c32"] / figures["peer_rps_c32"], 3)
+            extra = f"  (/explain beside: {r['explain_rps']:.1f} req/s)" if r.get("explain_rps") is not None else ""
+            print(f"{ROWS[key][0]:<32} | {c:>4} | {r['rps']:>8,.0f} | {r['p50_ms']:>7.2f} | {r['p99_ms']:>7.2f} | "
+                  f"{r['requests'] - r['ok']:>7}{extra}")
+            figures[f"{key}_rps_c{c}"] = round(r["rps"], 1)
+            figures[f"{key}_p50_ms_c{c}"] = round(r["p50_ms"], 3)
+            figures[f"{key}_p99_ms_c{c}"] = round(r["p99_ms"], 3)
+            if r.get("explain_rps") is not None:
+                figures[f"{key}_explain_rps_c{c}"] = r["explain_rps"]
+    if "default_rps_c32" in figures and "peer_rps_c32" in figures:
+        figures["ratio_c32"] = round(figures["default_rps_c32"] / figures["peer_rps_c32"], 3)
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(figures))
     return 0

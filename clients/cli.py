@@ -2,6 +2,7 @@
 
     cifar10-classify cat.jpg dog.png --url http://localhost:3000 [--top-k 3] [--json]
     cifar10-classify --eval ../shared/datasets/cifar10/test [--concurrency 8] [--out eval-results]
+    cifar10-classify --explain overlays/ cat.jpg [--target ship]    # Grad-CAM overlays as PNG files
 
 Exit codes: 0 all classified; 1 a file failed or the service could not be reached; 2 bad arguments.
 """
@@ -33,6 +34,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--out", type=Path, default=Path("eval-results"),
                    help="where --eval writes eval.json and confusion_matrix.png (default ./eval-results)")
+    p.add_argument("--explain", metavar="OUT_DIR", type=Path,
+                   help="also explain each file (Grad-CAM) and write the overlay to OUT_DIR/<file>.explain.png")
+    p.add_argument("--target", default=None,
+                   help="with --explain: the class to explain (a name or index; default the top class)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -44,14 +49,24 @@ def _row(name: str, pred: Optional[Prediction], error: Optional[str], width: int
     return f"{name:<{width}}  {pred.label:<10}  {100 * pred.confidence:6.1f}%  {top}"
 
 
-def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, concurrency: int) -> int:
+def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, concurrency: int,
+                   explain_dir: Optional[Path] = None, target: Optional[str] = None) -> int:
+    overlays: dict[str, Path] = {}
+
     def one(path: str) -> tuple[Optional[Prediction], Optional[str]]:
         if not os.path.isfile(path):
             return None, "no such file"
         try:
-            return client.classify(path, top_k=top_k), None
+            if explain_dir is None:
+                return client.classify(path, top_k=top_k), None
+            explanation = client.explain(path, target=target, top_k=top_k)
+            overlays[path] = explanation.save_overlay(explain_dir / f"{Path(path).name}.explain.png")
+            return explanation.prediction, None
         except ServiceError as exc:
             return None, str(exc)
+
+    if explain_dir is not None:
+        explain_dir.mkdir(parents=True, exist_ok=True)
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(files)))) as pool:
         results = list(pool.map(one, files))  # in the order given
@@ -66,9 +81,11 @@ def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, 
             else:
                 record.update(label=pred.label, index=pred.index, confidence=pred.confidence,
                               top_k=[s.__dict__ for s in pred.top_k], model=pred.model)
+                if path in overlays:
+                    record["overlay"] = str(overlays[path])
             print(json.dumps(record))
         else:
-            print(_row(path, pred, error, width))
+            print(_row(path, pred, error, width) + (f"  -> {overlays[path]}" if path in overlays else ""))
     failed = sum(pred is None for pred, _ in results)
     if failed:
         print(f"{failed} of {len(files)} files failed", file=sys.stderr)
@@ -106,12 +123,16 @@ def main(args: argparse.Namespace) -> int:
         raise EvalError("give image files to classify, or --eval DIR")
     if args.files and args.eval is not None:
         raise EvalError("give either image files or --eval DIR, not both")
+    if args.explain is not None and args.eval is not None:
+        raise EvalError("--explain writes overlays for the files given; it does not go with --eval")
+    if args.target is not None and args.explain is None:
+        raise EvalError("--target chooses the class --explain explains; give --explain OUT_DIR too")
     if args.concurrency < 1 or args.timeout <= 0:
         raise EvalError("--concurrency must be at least 1 and --timeout positive")
     with Client(args.url, timeout=args.timeout) as client:
         if args.eval is not None:
             return run_eval(client, args)
-        return classify_files(client, args.files, args.top_k, args.json, args.concurrency)
+        return classify_files(client, args.files, args.top_k, args.json, args.concurrency, args.explain, args.target)
 
 
 def cli() -> None:

@@ -7,6 +7,7 @@ dependency, keeps a connection pool and is safe to share between threads.
 """
 from __future__ import annotations
 
+import base64
 import io
 import mimetypes
 import os
@@ -64,6 +65,29 @@ class Prediction:
         return cls(label=body["label"], index=int(body["index"]), confidence=float(body["confidence"]),
                    top_k=tuple(Score(s["label"], int(s["index"]), float(s["probability"])) for s in body["top_k"]),
                    model=dict(body.get("model", {})))
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The classification, the explained class (`target`), the heatmap (rows of floats in [0, 1] on the
+    model's input grid) and the overlay PNG's bytes."""
+
+    prediction: Prediction
+    target: Score
+    heatmap: list[list[float]]
+    overlay_png: bytes
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> "Explanation":
+        t = body["target"]
+        png = base64.b64decode(body["overlay"].split(",", 1)[1])
+        return cls(Prediction.from_json(body), Score(t["label"], int(t["index"]), float(t["probability"])),
+                   body["heatmap"], png)
+
+    def save_overlay(self, path: Union[str, os.PathLike]) -> Path:
+        path = Path(path)
+        path.write_bytes(self.overlay_png)
+        return path
 
 
 def image_part(image: ImageInput, name: str | None = None) -> tuple[str, bytes, str]:
@@ -149,6 +173,14 @@ class Client:
             body = self._json(self._request("POST", "/classify_batch", files=chunk, data={"top_k": str(top_k)}))
             out.extend(Prediction.from_json(b) for b in body)
         return out
+
+    def explain(self, image: ImageInput, target: Union[str, int, None] = None, top_k: int = 3) -> "Explanation":
+        """Grad-CAM of the top class, or of `target` (a class name or index), with the overlay PNG."""
+        data = {"top_k": str(top_k)}
+        if target is not None:
+            data["target"] = str(target)
+        body = self._json(self._request("POST", "/explain", files={"image": image_part(image)}, data=data))
+        return Explanation.from_json(body)
 
     def model_info(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/model_info"))

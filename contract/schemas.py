@@ -144,10 +144,18 @@ class ModelMetadata:
     versions: dict[str, Any]
     exported_at: str
     files: dict[str, str]  # artifact file name -> sha256
+    tta_translate: int = 0  # pixels of the shifted test-time views inside the graph (0: none)
     dataset: Optional[dict[str, Any]] = None
     git_commit: Optional[str] = None  # of the training run
     export_git_commit: Optional[str] = None
-    extras: dict[str, Any] = field(default_factory=dict)  # figures other stages report (e.g. calibration)
+    # Temperature scaling fitted at export: temperature, ECE / NLL / accuracy before and after, on which images.
+    calibration: Optional[dict[str, Any]] = None
+    # The Grad-CAM graph (explain.onnx / explain.ts): the explained layer, the file names.
+    explanation: Optional[dict[str, Any]] = None
+    # model.int8.onnx, when exported: accuracy and agreement against fp32.
+    int8: Optional[dict[str, Any]] = None
+    # Serving defaults measured for this network (e.g. max_batch); CIFAR10_* settings override them.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_size(self) -> int:

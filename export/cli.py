@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from contract.provenance import git_commit, sha256_file
@@ -19,11 +17,16 @@ from contract.schemas import ModelMetadata
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, load_split
 
-from .metadata import MODEL_NAME, build_metadata, onnx_metadata_props
-from .parity import compare, failures, onnx_runner, torch_runner
+from .calibration import calibrate, reliability_plot
+from .explain import LAYERS, Explainer, autograd_cam, cam_for
+from .graphs import export_onnx, export_torchscript, load_torchscript
+from .metadata import build_metadata
+from .parity import compare, explain_report, failures, onnx_runner, run_explain, torch_runner
+from .quantize import count_ops, quantize
 from .wrapper import classifier_from_checkpoint
 
-ARTIFACTS = ("model.ts", "model.onnx", "metadata.json", "export_report.json")
+ARTIFACTS = ("model.ts", "model.onnx", "model.int8.onnx", "explain.ts", "explain.onnx", "metadata.json",
+             "export_report.json", "reliability.png")
 
 
 class ExportError(Exception):
@@ -43,7 +46,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="test images compared across eager, TorchScript and ONNX Runtime (default 2000, minimum 1000)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δlogit| (default 1e-4)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    p.add_argument("--bentoml", action="store_true", help=f"also save into the BentoML model store as {MODEL_NAME}")
+    p.add_argument("--no-calibration", dest="calibration", action="store_false",
+                   help="do not fit a temperature (probabilities = softmax(logits), as trained)")
+    p.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                   help="test images for calibration: a seeded half fits the temperature, the other half reports "
+                   "(default: the whole test split; minimum 1000)")
+    p.add_argument("--no-int8", dest="int8", action="store_false",
+                   help="do not write model.int8.onnx (ONNX Runtime static quantization, see docs/export.md)")
+    p.add_argument("--int8-max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="refuse the export (exit 1) when int8 accuracy on the whole test split is more than this "
+                   "many points below fp32 (default 0.5)")
+    p.add_argument("--int8-calibration-images", type=int, default=1000, metavar="N",
+                   help="seeded training images that calibrate the int8 ranges (default 1000, minimum 1000)")
+    p.add_argument("--bentoml", action="store_true",
+                   help="also save into the BentoML model store as cifar10-<network> (cifar10-simplecnn, "
+                   "cifar10-airbench)")
     p.add_argument("--quiet", action="store_true", help="print only the result line")
     return p
 
@@ -57,59 +74,46 @@ def _check_writable(out: Path) -> None:
         raise ExportError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
 
 
-def _export_onnx(wrapper: torch.nn.Module, path: Path, opset: int, meta: ModelMetadata) -> None:
-    import onnx
-
-    example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    # The exporter narrates each pass on stdout; the user gets our summary instead.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), input_names=["image"],
-                          output_names=["logits", "probabilities"], dynamic_shapes={"image": {0: batch}},
-                          dynamo=True, external_data=False, opset_version=opset, verbose=False)
-    model = onnx.load(str(path))
-    model.doc_string = f"{MODEL_NAME}: uint8 [N,32,32,3] RGB -> logits, probabilities"
-    for key, value in onnx_metadata_props(meta).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-
-
-def _export_torchscript(wrapper: torch.nn.Module, path: Path, meta: ModelMetadata) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice; it is still what LibTorch loads
-        scripted = torch.jit.script(wrapper)
-        torch.jit.save(scripted, str(path), _extra_files={"metadata.json": json.dumps(meta.to_dict())})
-
-
-def load_torchscript(path: Path, map_location: str = "cpu") -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
-        return torch.jit.load(str(path), map_location=map_location)
-
-
-def _save_to_bentoml(out: Path, meta: ModelMetadata) -> str:
+def _save_to_bentoml(out: Path, meta: ModelMetadata, files: list[str]) -> str:
     try:
         import bentoml
     except ImportError:
         raise ExportError("--bentoml needs the bentoml package (pip install 'cifar10-service[serve]')") from None
     with bentoml.models.create(
-        MODEL_NAME,
+        meta.model_name,
         labels={"framework": "onnx+torchscript", "dataset": "cifar10", "architecture": meta.architecture},
         metadata={"accuracy": meta.metrics["test_acc"], "classes": meta.classes, "input": meta.input,
                   "tta_flip": meta.tta_flip, "source_sha256": meta.source_checkpoint["sha256"]},
     ) as model_ref:
-        for name in ARTIFACTS:
+        for name in files:
             shutil.copy2(out / name, Path(model_ref.path) / name)
     return str(model_ref.tag)
+
+
+def _eager_logits(wrapper: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([wrapper(images[i:i + batch])[0] for i in range(0, len(images), batch)])
+
+
+def _say_parity(say, report: dict) -> None:
+    for name, entry in report["artifacts"].items():
+        line = f"  {name:<12} accuracy {100 * entry['accuracy']:6.2f}%"
+        if "max_abs_logit_diff" in entry:
+            line += (f"  max|Δlogit| {entry['max_abs_logit_diff']:.2e}  max|Δprob| {entry['max_abs_prob_diff']:.2e}"
+                     f"  top-1 agreement {100 * entry['top1_agreement']:.2f}%")
+        say(line)
 
 
 def run(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else print
     if args.parity_images < 1000:
         raise ExportError("--parity-images must be at least 1000")
+    if args.int8_calibration_images < 1000:
+        raise ExportError("--int8-calibration-images must be at least 1000")
+    if args.calibration_images is not None and args.calibration_images < 1000:
+        raise ExportError("--calibration-images must be at least 1000")
+    if args.int8_max_drop < 0:
+        raise ExportError(f"--int8-max-drop must not be negative, got {args.int8_max_drop}")
     checkpoint = Path(args.checkpoint)
     ckpt = load_checkpoint(checkpoint)
     out = Path(args.out)
@@ -130,12 +134,35 @@ def run(args: argparse.Namespace) -> int:
     versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     meta = build_metadata(ckpt, checkpoint.resolve(), versions, export_commit=git_commit())
 
+    # Calibration first: the graphs carry the temperature (export/calibration.py says which images).
+    calibration = None
+    if args.calibration or args.int8:
+        count = min(args.calibration_images or len(test), len(test))
+        chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:count].sort().values
+        cal_images, cal_labels = test.images[chosen], test.labels[chosen]
+        all_logits = _eager_logits(wrapper, cal_images)
+    if args.calibration:
+        calibration = calibrate(all_logits, cal_labels)
+        wrapper.temperature.fill_(calibration["temperature"])
+        before, after = calibration["before"], calibration["after"]
+        say(f"  calibration  T = {calibration['temperature']:.4f}: ECE {100 * before['ece']:.2f}% -> "
+            f"{100 * after['ece']:.2f}%, NLL {before['nll']:.4f} -> {after['nll']:.4f} "
+            f"({calibration['report_images']} held-out test images)")
+    explainer = Explainer(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
+
     # Everything is written and verified in a staging folder first; only a passing export replaces
     # the artifacts in `out`, one atomic rename per file.
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        _export_torchscript(wrapper, staging / "model.ts", meta)
-        _export_onnx(wrapper, staging / "model.onnx", args.opset, meta)
+        example = torch.zeros(2, wrapper.image_size, wrapper.image_size, 3, dtype=torch.uint8)
+        export_torchscript(wrapper, staging / "model.ts", meta)
+        export_onnx(wrapper, staging / "model.onnx", args.opset, meta, {"image": example},
+                    ["logits", "probabilities"], f"{meta.model_name}: uint8 [N,32,32,3] RGB -> logits, probabilities")
+        export_torchscript(explainer, staging / "explain.ts", meta)
+        export_onnx(explainer, staging / "explain.onnx", args.opset, meta,
+                    {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)}, ["heatmap", "probabilities"],
+                    f"{meta.model_name} Grad-CAM: uint8 [N,32,32,3] RGB, target int64 [N] (-1: top class) -> "
+                    "heatmap [N,32,32] in [0,1], probabilities")
         runners = {
             "eager": torch_runner(wrapper),
             "torchscript": torch_runner(load_torchscript(staging / "model.ts")),
@@ -144,28 +171,92 @@ def run(args: argparse.Namespace) -> int:
         report = compare(images, labels, runners)
         report.update({"tolerance": args.tolerance, "data": str(data), "checkpoint": str(checkpoint)})
         bad = failures(report, args.tolerance)
+        _say_parity(say, report)
+
+        # The explanation graph (ONNX Runtime, as the CPU image serves it) against torch autograd Grad-CAM.
+        classifier_probs = runners["onnxruntime"](images)[1]
+        targets = classifier_probs.argmax(1)
+        heat, probs = run_explain(str(staging / "explain.onnx"), images)
+        reference = autograd_cam(ckpt.arch, wrapper.model, _normalized(wrapper, images), torch.from_numpy(targets),
+                                 wrapper.image_size).numpy()
+        report["explanation"] = explain_report(heat, reference, probs, classifier_probs, LAYERS[ckpt.arch])
+        say(f"  explain.onnx max|Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} against autograd "
+            f"Grad-CAM ({n} images, {LAYERS[ckpt.arch].split(' ')[0]})")
+        if report["explanation"]["max_abs_heatmap_diff"] > args.tolerance:
+            bad.append(f"explain.onnx: max |Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} > "
+                       f"{args.tolerance:.0e}")
+        if report["explanation"]["max_abs_prob_diff"] > args.tolerance:
+            bad.append(f"explain.onnx: probabilities differ from model.onnx by "
+                       f"{report['explanation']['max_abs_prob_diff']:.2e}")
+        if args.int8 and not bad:
+            report["int8"] = _int8(args, data, staging, images, labels, all_logits, wrapper, cal_images, cal_labels,
+                                   say)
+            if report["int8"]["drop_points"] > args.int8_max_drop:
+                bad.append(f"model.int8.onnx: accuracy {100 * report['int8']['test_accuracy']:.2f}% on the test split "
+                           f"is {report['int8']['drop_points']:.2f} points below fp32 "
+                           f"({100 * report['int8']['fp32_test_accuracy']:.2f}%), more than --int8-max-drop "
+                           f"{args.int8_max_drop:g}")
+            meta.int8 = report["int8"]
         report["passed"] = not bad
-        for name, entry in report["artifacts"].items():
-            line = f"  {name:<12} accuracy {100 * entry['accuracy']:6.2f}%"
-            if "max_abs_logit_diff" in entry:
-                line += (f"  max|Δlogit| {entry['max_abs_logit_diff']:.2e}  max|Δprob| {entry['max_abs_prob_diff']:.2e}"
-                         f"  top-1 agreement {100 * entry['top1_agreement']:.2f}%")
-            say(line)
         if bad:
             print(f"error: export rejected, artifacts in {out} left unchanged: {'; '.join(bad)}", file=sys.stderr)
             return 1
+        if calibration is not None:
+            held = calibration.pop("_held")
+            reliability_plot(staging / "reliability.png", all_logits[held], cal_labels[held],
+                             calibration["temperature"], f"{meta.model_name}, {len(held)} held-out test images")
+            report["calibration"] = calibration
+            meta.calibration = calibration
+        meta.explanation = {"method": "Grad-CAM", "layer": LAYERS[ckpt.arch], "onnx": "explain.onnx",
+                            "torchscript": "explain.ts", "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        meta.files = {name: sha256_file(staging / name) for name in ARTIFACTS if name != "metadata.json"}
+        written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]
+        meta.files = {name: sha256_file(staging / name) for name in written if name != "metadata.json"}
         meta.write(staging / "metadata.json")
-        for name in ARTIFACTS:
+        for name in written:
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"exported {out / 'model.ts'} and {out / 'model.onnx'}: parity on {n} test images passed "
-          f"(tolerance {args.tolerance:.0e}); metadata.json, export_report.json beside them")
+    print(f"exported {out / 'model.ts'}, {out / 'model.onnx'} and the explanation graphs: parity on {n} test images "
+          f"passed (tolerance {args.tolerance:.0e}); metadata.json, export_report.json beside them")
     if args.bentoml:
-        print(f"saved to the BentoML model store as {_save_to_bentoml(out, meta)}")
+        print(f"saved to the BentoML model store as {_save_to_bentoml(out, meta, written)}")
     return 0
+
+
+def _int8(args: argparse.Namespace, data: str, staging: Path, images: np.ndarray, labels: np.ndarray,
+          all_logits: torch.Tensor, wrapper: torch.nn.Module, test_images: torch.Tensor, test_labels: torch.Tensor,
+          say) -> dict:
+    """Quantize model.onnx and measure it: on the parity images and on the test images (all of them unless
+    --calibration-images says fewer), against fp32."""
+    train = load_split(data, "train")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.int8_calibration_images]
+    record = quantize(staging / "model.onnx", staging / "model.int8.onnx", train.images[pick].numpy())
+    int8 = onnx_runner(str(staging / "model.int8.onnx"))
+    test_images = test_images.numpy()
+    int8_logits, int8_probs = (np.concatenate(parts) for parts in zip(
+        *(int8(test_images[i:i + 500]) for i in range(0, len(test_images), 500)), strict=True))
+    fp32_probs = torch.softmax(all_logits / wrapper.temperature, dim=1).numpy()
+    truth = test_labels.numpy()
+    fp32_acc = float((fp32_probs.argmax(1) == truth).mean())
+    int8_acc = float((int8_logits.argmax(1) == truth).mean())
+    parity_logits = int8(images)[0]
+    record.update({
+        "parity_images": int(len(images)), "parity_accuracy": float((parity_logits.argmax(1) == labels).mean()),
+        "test_images": int(len(truth)), "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc,
+        "drop_points": round(100 * (fp32_acc - int8_acc), 4),
+        "top1_agreement": float((int8_logits.argmax(1) == fp32_probs.argmax(1)).mean()),
+        "max_abs_prob_diff": float(np.abs(int8_probs - fp32_probs).max()),
+        "ops": count_ops(staging / "model.int8.onnx"),
+    })
+    say(f"  int8         accuracy {100 * int8_acc:6.2f}% on the {len(truth)} test images (fp32 {100 * fp32_acc:.2f}%, "
+        f"top-1 agreement {100 * record['top1_agreement']:.2f}%, max|Δprob| {record['max_abs_prob_diff']:.2e})")
+    return record
+
+
+def _normalized(wrapper: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
+    return x * wrapper.scale - wrapper.shift
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ from typing import Optional
 from contract.provenance import sha256_file
 from contract.schemas import Checkpoint, ModelMetadata
 
-MODEL_NAME = "cifar10-simplecnn"
+
+def model_name(arch: str) -> str:
+    """The BentoML store name of an exported network: cifar10-simplecnn, cifar10-airbench."""
+    return f"cifar10-{arch}"
 
 
 def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, str],
@@ -19,7 +22,7 @@ def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, 
     metrics = ckpt.metrics or {}
     size = norm.input_size
     return ModelMetadata(
-        model_name=MODEL_NAME,
+        model_name=model_name(ckpt.arch),
         architecture=type_name(ckpt.arch),
         classes=list(ckpt.classes),
         input={
@@ -31,6 +34,7 @@ def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, 
         outputs={"logits": "float32 [N, C]", "probabilities": "float32 [N, C], softmax of logits"},
         normalization={"mean": list(norm.mean), "std": list(norm.std)},
         tta_flip=bool(ckpt.config.get("tta_flip", False)),
+        tta_translate=int(ckpt.config.get("tta_translate", 0)),
         training_config=dict(ckpt.config),
         metrics={
             "best_val_acc": metrics.get("val_acc"), "best_epoch": metrics.get("epoch", ckpt.epoch),

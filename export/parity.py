@@ -30,6 +30,23 @@ def onnx_runner(path: str, threads: int = 0) -> Runner:
     return run
 
 
+def run_explain(path: str, images: np.ndarray, batch_size: int = 250,
+                threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(heatmaps, probabilities) of explain.onnx for the top class of every image."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    heat, probs = [], []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        h, p = session.run(["heatmap", "probabilities"], {"image": chunk, "target": np.full(len(chunk), -1, np.int64)})
+        heat.append(h)
+        probs.append(p)
+    return np.concatenate(heat), np.concatenate(probs)
+
+
 def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
             reference: str = "eager", batch_size: int = 500) -> dict[str, Any]:
     """Per runner: accuracy; per non-reference runner: max |Δlogit|, max |Δprob|, top-1 agreement."""
@@ -62,3 +79,12 @@ def failures(report: dict[str, Any], tolerance: float) -> list[str]:
         if entry["top1_agreement"] < 1.0:
             out.append(f"{name}: top-1 disagrees on {round((1 - entry['top1_agreement']) * report['images'])} images")
     return out
+
+
+def explain_report(heat: np.ndarray, reference: np.ndarray, probs: np.ndarray, classifier_probs: np.ndarray,
+                   layer: str) -> dict[str, Any]:
+    """The explanation graph against torch autograd Grad-CAM (heatmaps) and the classifier (probabilities)."""
+    return {"images": int(len(heat)), "layer": layer, "reference": "torch autograd Grad-CAM of the checkpoint",
+            "max_abs_heatmap_diff": float(np.abs(heat - reference).max()),
+            "max_abs_prob_diff": float(np.abs(probs - classifier_probs).max()),
+            "heatmap_range": [float(heat.min()), float(heat.max())]}

@@ -28,7 +28,8 @@ Options:
   -e NAME=VALUE         environment for the container (repeatable); CIFAR10_RUNTIME, CIFAR10_DEVICE,
                         CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH,
                         CIFAR10_MAX_UPLOAD_MB, CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG,
-                        CIFAR10_TRACING, CIFAR10_FAST_LANE and CIFAR10_MODEL are passed through when set
+                        CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL, CIFAR10_SHUTDOWN_DELAY and
+                        CIFAR10_GRACEFUL_SHUTDOWN are passed through when set
   --data DIR            CIFAR-10 folder with test/<class>/*.jpg (default $CIFAR10_DATA, else
                         ../shared/datasets/cifar10, else ./data)
   --per-class N         test images per class sent to /classify (default 2)
@@ -390,7 +391,7 @@ if [[ $GPU -eq 1 ]]; then
 fi
 for name in CIFAR10_RUNTIME CIFAR10_DEVICE CIFAR10_WORKERS CIFAR10_THREADS CIFAR10_BATCHING CIFAR10_MAX_BATCH \
             CIFAR10_MAX_UPLOAD_MB CIFAR10_MAX_PIXELS CIFAR10_ACCESS_LOG CIFAR10_TRACING CIFAR10_FAST_LANE \
-            CIFAR10_MODEL; do
+            CIFAR10_MODEL CIFAR10_SHUTDOWN_DELAY CIFAR10_GRACEFUL_SHUTDOWN; do
     if [[ -n "${!name:-}" ]]; then RUN_ARGS+=(-e "$name=${!name}"); fi
 done
 for pair in "${USER_ENVS[@]}"; do RUN_ARGS+=(-e "$pair"); done

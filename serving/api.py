@@ -3,13 +3,23 @@
 Why not typed @bentoml.api endpoints: BentoML's multipart handling fetches a text `image` field as
 a URL, answers validation errors in its own shape, and has no upload size limit; this service must
 refuse all three with one JSON error shape. The service instance (model, batcher, metrics) is
-BentoML's: handlers reach it through bentoml.get_current_service().
+BentoML's: handlers reach it through bentoml.get_current_service(). The API is described once, in
+serving/openapi.py, for /docs.json, the Swagger UI at / and BentoML's clients (/schema.json).
+
+An image arrives in one of three encodings (the same limits and errors for each):
+  multipart/form-data   `image` (or `images`) file parts, `top_k` field   (the documented default)
+  a raw body            Content-Type image/*, application/octet-stream or none (curl -T cat.jpg, a PUT, as
+                        TorchServe takes it; curl --data-binary's default form type too), ?top_k=N   (/classify only)
+  JSON                  {"image": "<base64>", "top_k": 3} or {"images": [...]}; a base64 data: URL works too
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from starlette.applications import Starlette
@@ -21,16 +31,33 @@ from starlette.routing import Route, request_response
 from contract.constants import MAX_BATCH_IMAGES
 from contract.images import ImageError, decode
 
-from . import fastlane
+from . import fastlane, openapi
 from .errors import RequestError
+from .explain import data_url, overlay_png
 
-UI_PAGE = Path(__file__).with_name("static") / "index.html"
+STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("bentoml.cifar10_service")
+# Multipart, JSON and raw images are counted on the body as received; base64 makes an image 4/3 larger, so
+# a JSON body may be that much larger (plus room for the keys) for the same image limit.
+JSON_OVERHEAD = 1024
+ENCODINGS = ("send the image as multipart/form-data (curl -F 'image=@cat.jpg' ...), as the body with "
+             "Content-Type image/* or application/octet-stream (curl --data-binary @cat.jpg -H 'Content-Type: "
+             "image/jpeg' ...), or as JSON {\"image\": \"<base64>\"}")
 
 
 def _service():
     import bentoml
     return bentoml.get_current_service()
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _is_raw(media: str) -> bool:
+    # No content type is what `curl -T cat.jpg` sends; x-www-form-urlencoded is what `curl --data-binary @cat.jpg`
+    # sends unless told otherwise. Neither is a form here: the bytes decide (a non-image is not_an_image).
+    return media.startswith("image/") or media in ("application/octet-stream", "", "application/x-www-form-urlencoded")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -57,38 +84,107 @@ def _replay(body: bytes):
     return receive
 
 
-async def _form(request: Request, limit: int):
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "multipart/form-data":
-        raise RequestError(415, "unsupported_media_type",
-                           "send the image as multipart/form-data (curl -F 'image=@cat.jpg' ...), "
-                           f"not {media or 'a body without a content type'}")
+def top_k(raw: Any, num_classes: int) -> int:
+    """top_k from a form field, a query parameter (strings) or a JSON value (an integer); default 3."""
+    if raw is None or raw == "":
+        return min(3, num_classes)
+    if isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
+        raw = int(raw.strip())
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise RequestError(400, "invalid_top_k", f"top_k must be a whole number from 1 to {num_classes}, got {raw!r}")
+    if not 1 <= raw <= num_classes:
+        raise RequestError(400, "invalid_top_k", f"top_k must be from 1 to {num_classes}, got {raw}")
+    return raw
+
+
+class Parsed:
+    """One request's images (bytes and a name for messages) and its other fields, whatever the encoding."""
+
+    def __init__(self, images: list[tuple[bytes, str]], fields: dict[str, Any]):
+        self.images, self.fields = images, fields
+
+
+async def parse(request: Request, field: str, limit: int, extra: tuple[str, ...] = ("top_k",),
+                raw_ok: bool = True) -> Parsed:
+    """The images under `field` ("image" or "images") and the `extra` fields, from any of the three encodings."""
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        return await _parse_multipart(request, field, limit, extra)
+    if media == "application/json":
+        return _parse_json(await _read_body(request, limit * 4 // 3 + JSON_OVERHEAD), field, limit, extra)
+    if raw_ok and _is_raw(media):
+        data = await _read_body(request, limit)
+        return Parsed([(data, "image")], {k: request.query_params.get(k) for k in extra})
+    if not raw_ok and _is_raw(media):
+        raise RequestError(415, "unsupported_media_type", f"a raw body holds one image; send several as "
+                           f"multipart '{field}' parts or as JSON {{\"{field}\": [\"<base64>\", ...]}}")
+    raise RequestError(415, "unsupported_media_type", f"{ENCODINGS}, not {media or 'a body without a content type'}")
+
+
+async def _parse_multipart(request: Request, field: str, limit: int, extra: tuple[str, ...]) -> Parsed:
     body = await _read_body(request, limit)
     try:
         # The byte limit above already bounds the work; these only stop absurd part counts.
-        return await Request(request.scope, _replay(body)).form(max_files=4096, max_fields=64)
+        form = await Request(request.scope, _replay(body)).form(max_files=4096, max_fields=64)
     except Exception as exc:  # python-multipart's errors carry no stable type across versions
         raise RequestError(400, "malformed_multipart", f"the multipart body could not be parsed ({exc})") from None
+    if field not in form:
+        raise RequestError(400, "missing_field", f"the form has no '{field}' field (curl -F '{field}=@cat.jpg' ...)")
+    images = []
+    for value in form.getlist(field):
+        if not isinstance(value, UploadFile):
+            raise RequestError(400, "not_a_file", f"the '{field}' field must be a file upload "
+                               f"(curl -F '{field}=@cat.jpg'); text values, URLs included, are not accepted")
+        images.append((await value.read(), value.filename or "image"))
+    fields = {}
+    for k in extra:
+        raw = form.get(k)
+        if isinstance(raw, UploadFile):
+            raise RequestError(400, f"invalid_{k}", f"{k} must be a text field, not a file")
+        fields[k] = raw
+    return Parsed(images, fields)
 
 
-async def _file_bytes(value: Any, field: str) -> bytes:
-    if not isinstance(value, UploadFile):
-        raise RequestError(400, "not_a_file", f"the '{field}' field must be a file upload "
-                           f"(curl -F '{field}=@cat.jpg'); "
-                           "text values, URLs included, are not accepted")
-    return await value.read()
+def _parse_json(body: bytes, field: str, limit: int, extra: tuple[str, ...]) -> Parsed:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, "malformed_json", f"the body is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, "malformed_json", f"the JSON body must be an object like {{\"{field}\": \"<base64>\"}}")
+    unknown = sorted(set(doc) - {field, *extra})
+    if unknown:
+        raise RequestError(400, "unknown_field", f"unknown key(s) {', '.join(map(repr, unknown))}; this endpoint "
+                           f"takes {', '.join(repr(k) for k in (field, *extra))}")
+    if field not in doc:
+        raise RequestError(400, "missing_field", f"the JSON body has no '{field}' key")
+    values = doc[field] if field == "images" else [doc[field]]
+    if field == "images" and not isinstance(values, list):
+        raise RequestError(400, "invalid_base64", "'images' must be a list of base64 strings")
+    images = [(_b64(v, limit, f"{field}[{i}]" if field == "images" else field), f"image {i + 1}")
+              for i, v in enumerate(values)]
+    return Parsed(images, {k: doc.get(k) for k in extra})
 
 
-def _top_k(form, num_classes: int) -> int:
-    raw = form.get("top_k")
-    if raw is None or raw == "":
-        return min(3, num_classes)
-    if isinstance(raw, UploadFile) or not str(raw).strip().lstrip("+").isdigit():
-        raise RequestError(400, "invalid_top_k", f"top_k must be a whole number from 1 to {num_classes}, got {raw!r}")
-    k = int(str(raw).strip())
-    if not 1 <= k <= num_classes:
-        raise RequestError(400, "invalid_top_k", f"top_k must be from 1 to {num_classes}, got {k}")
-    return k
+def _b64(value: Any, limit: int, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError(400, "invalid_base64", f"'{where}' must be a base64 string, got {type(value).__name__}")
+    text = value.strip()
+    if text.startswith("data:"):  # a data URL, as a browser's FileReader makes: data:image/png;base64,....
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            raise RequestError(400, "invalid_base64", f"'{where}' is a data: URL without ;base64")
+    if len(text) > (limit * 4 // 3 + 4):
+        raise RequestError(413, "payload_too_large", f"'{where}' decodes to more than the limit of {limit:,} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise RequestError(400, "invalid_base64", f"'{where}' is not base64 ({shown!r}); send the image's bytes "
+                           "base64-encoded, URLs are never fetched") from None
+    if len(data) > limit:
+        raise RequestError(413, "payload_too_large", f"'{where}' is {len(data):,} bytes; the limit is {limit:,}")
+    return data
 
 
 def _decode(data: bytes, svc, name: str) -> np.ndarray:
@@ -101,36 +197,66 @@ def _decode(data: bytes, svc, name: str) -> np.ndarray:
 
 async def classify(request: Request) -> Response:
     svc = _service()
-    form = await _form(request, svc.max_upload_bytes)
-    if "image" not in form:
-        raise RequestError(400, "missing_field", "the form has no 'image' field (curl -F 'image=@cat.jpg' ...)")
-    images = form.getlist("image")
-    if len(images) != 1:
+    req = await parse(request, "image", svc.max_upload_bytes)
+    if len(req.images) != 1:
         raise RequestError(400, "too_many_images", "send one 'image' to /classify; use /classify_batch for several")
-    k = _top_k(form, len(svc.classes))
-    data = await _file_bytes(images[0], "image")
-    pixels = _decode(data, svc, images[0].filename or "image")
+    k = top_k(req.fields["top_k"], len(svc.classes))
+    data, name = req.images[0]
+    pixels = _decode(data, svc, name)
     probs = await svc.batcher.predict(pixels[None])  # [1, 32, 32, 3] -> [1, C]
     return JSONResponse(svc.answer(probs[0], k))
 
 
 async def classify_batch(request: Request) -> Response:
     svc = _service()
-    form = await _form(request, svc.max_upload_bytes * 4)
-    files = form.getlist("images")
-    if not files:
-        raise RequestError(400, "missing_field", "the form has no 'images' field "
-                           "(curl -F 'images=@a.jpg' -F 'images=@b.png' ...)")
-    if len(files) > MAX_BATCH_IMAGES:
-        raise RequestError(400, "too_many_images", f"{len(files)} images sent; /classify_batch takes at most "
+    req = await parse(request, "images", svc.max_upload_bytes * 4, raw_ok=False)
+    if not req.images:
+        raise RequestError(400, "missing_field", "no images: send one or more 'images'")
+    if len(req.images) > MAX_BATCH_IMAGES:
+        raise RequestError(400, "too_many_images", f"{len(req.images)} images sent; /classify_batch takes at most "
                            f"{MAX_BATCH_IMAGES}")
-    k = _top_k(form, len(svc.classes))
-    pixels = []
-    for i, f in enumerate(files):
-        data = await _file_bytes(f, "images")
-        pixels.append(_decode(data, svc, f"image {i + 1} ({getattr(f, 'filename', '') or 'unnamed'})"))
+    k = top_k(req.fields["top_k"], len(svc.classes))
+    pixels = [_decode(data, svc, f"image {i + 1} ({name})") for i, (data, name) in enumerate(req.images)]
     probs = await svc.batcher.predict(np.stack(pixels))  # [N, 32, 32, 3] -> [N, C]
     return JSONResponse([svc.answer(p, k) for p in probs])
+
+
+def target_index(raw: Any, classes: list[str]) -> int:
+    """The explained class: a class name or an index (a form/query string or a JSON integer); -1 for the top one."""
+    if raw is None or raw == "":
+        return -1
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text in classes:
+            return classes.index(text)
+        if text.lstrip("+").isdigit():
+            raw = int(text)
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(classes):
+        return raw
+    raise RequestError(400, "invalid_target", f"target must be one of {', '.join(classes)} or an index from 0 to "
+                       f"{len(classes) - 1}, got {raw!r}")
+
+
+async def explain(request: Request) -> Response:
+    svc = _service()
+    req = await parse(request, "image", svc.max_upload_bytes, extra=("target", "top_k"))
+    if len(req.images) != 1:
+        raise RequestError(400, "too_many_images", "send one 'image' to /explain")
+    k = top_k(req.fields["top_k"], len(svc.classes))
+    target = target_index(req.fields["target"], svc.classes)
+    data, name = req.images[0]
+    pixels = _decode(data, svc, name)
+    heat, probs = await svc.explainer.explain(pixels, target)
+    chosen = int(probs.argmax()) if target < 0 else target
+    png = overlay_png(pixels, heat)
+    if "image/png" in request.headers.get("accept", ""):
+        return Response(png, media_type="image/png")
+    body = svc.answer(probs, k, count=False)
+    body["target"] = {"label": svc.classes[chosen], "index": chosen, "probability": float(probs[chosen])}
+    body["heatmap"] = np.round(heat, 4).tolist()  # [H][W], row-major on the model's input grid
+    body["overlay"] = data_url(png)
+    body["explanation"] = svc.meta.explanation
+    return JSONResponse(body)
 
 
 async def model_info(request: Request) -> Response:
@@ -139,7 +265,46 @@ async def model_info(request: Request) -> Response:
 
 async def ui(request: Request) -> Response:
     # Read per request: a few kB, and an edited page shows without a restart under --reload.
-    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"))
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+async def docs_page(request: Request) -> Response:
+    return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))
+
+
+# Swagger UI's files, as BentoML ships them (its own docs page uses the same): read from the installed package.
+SWAGGER_FILES = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js")
+SWAGGER_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+
+def _swagger_dir() -> Optional[Path]:
+    try:
+        from bentoml._internal import server
+    except ImportError:
+        return None
+    folder = Path(server.__file__).parent / "static_content"
+    return folder if all((folder / f).is_file() for f in SWAGGER_FILES) else None
+
+
+async def docs_asset(request: Request) -> Response:
+    name = request.path_params["name"]
+    folder = _swagger_dir()
+    if name not in SWAGGER_FILES or folder is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response((folder / name).read_bytes(), media_type=SWAGGER_TYPES[Path(name).suffix],
+                    headers={"cache-control": "public, max-age=86400"})
+
+
+async def docs_json(request: Request) -> Response:
+    return JSONResponse(openapi.document(_model_summary()))
+
+
+def _model_summary() -> Optional[dict[str, Any]]:
+    try:
+        svc = _service()
+    except Exception:  # no service instance (a test of the app alone): the document without model facts
+        return None
+    return {"classes": svc.classes, "tag": str(svc.model.tag), "architecture": svc.meta.architecture}
 
 
 def _guard(handler):
@@ -155,31 +320,40 @@ def _guard(handler):
     return endpoint
 
 
-app = Starlette(routes=[
-    Route("/classify", _guard(classify), methods=["POST"]),
+ROUTES = [
+    Route("/classify", _guard(classify), methods=["POST", "PUT"]),  # PUT: curl -T, as TorchServe takes it
     Route("/classify_batch", _guard(classify_batch), methods=["POST"]),
+    Route("/explain", _guard(explain), methods=["POST"]),
     Route("/model_info", _guard(model_info), methods=["POST", "GET"]),
     Route("/ui", ui, methods=["GET"]),
-])
+    Route("/", docs_page, methods=["GET"]),
+    Route("/docs.json", docs_json, methods=["GET"]),
+    Route("/docs/static/{name}", docs_asset, methods=["GET"]),
+]
 # The same handlers as plain ASGI apps, for the fast lane (serving/fastlane.py).
 HOT_ROUTES = {"/classify": request_response(_guard(classify)),
               "/classify_batch": request_response(_guard(classify_batch))}
 
 
-def mounted_app(fast_lane: bool, timeout: float):
-    """What the service mounts at "/": `app`, and with fast_lane the lane installed by the first request.
+class MountedApp(Starlette):
+    """What the service mounts at "/": our routes, and with fast_lane the lane installed by the first request.
 
-    Only a request that reaches this mount sees BentoML's outer app (scope["app"] is still the outer
-    Starlette here; the mounted app overwrites it next), so that is where the lane is put in place.
+    A Starlette app, so that BentoML's PassiveMount routes here only the paths these routes match (BentoML's
+    own /readyz, /metrics, /schema.json and its static files stay reachable). Only a request that reaches
+    this mount sees BentoML's outer app (scope["app"] is still the outer Starlette here), so that is where
+    the lane is put in place.
     """
-    if not fast_lane:
-        return app
-    installed = False
 
-    async def mount(scope, receive, send):
-        nonlocal installed
-        if not installed and scope["type"] == "http":
-            installed = True
-            fastlane.install(scope.get("app"), HOT_ROUTES, timeout)  # logs why when it cannot
-        await app(scope, receive, send)
-    return mount
+    def __init__(self, fast_lane: bool, timeout: float):
+        super().__init__(routes=ROUTES)
+        self.fast_lane, self.timeout, self.installed = fast_lane, timeout, False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.fast_lane and not self.installed and scope["type"] == "http":
+            self.installed = True
+            fastlane.install(scope.get("app"), HOT_ROUTES, self.timeout)  # logs why when it cannot
+        await super().__call__(scope, receive, send)
+
+
+def mounted_app(fast_lane: bool, timeout: float) -> MountedApp:
+    return MountedApp(fast_lane, timeout)

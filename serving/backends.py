@@ -1,4 +1,5 @@
-"""Inference runtimes: ONNX Runtime (default; never imports torch) or TorchScript, on CPU or CUDA.
+"""Inference runtimes: ONNX Runtime (default; never imports torch) on CPU or CUDA, its int8 model on the CPU,
+or TorchScript.
 
 A backend maps uint8 [N, 32, 32, 3] RGB to probabilities float32 [N, C]; normalization is in the graph.
 """
@@ -11,7 +12,7 @@ import numpy as np
 
 log = logging.getLogger("bentoml.cifar10_service")
 
-RUNTIMES = ("onnx", "torchscript")
+RUNTIMES = ("onnx", "onnx-int8", "torchscript")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -21,10 +22,14 @@ class ConfigurationError(ValueError):
 
 class OnnxBackend:
     runtime = "onnx"
+    filename = "model.onnx"
 
     def __init__(self, model_dir: Path, device: str, threads: int):
         import onnxruntime as ort
 
+        if not (model_dir / self.filename).is_file():
+            raise ConfigurationError(f"CIFAR10_RUNTIME={self.runtime}, but the model has no {self.filename} "
+                                     "(export it again without --no-int8)")
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda")
         providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else [])
@@ -38,7 +43,7 @@ class OnnxBackend:
         opts.inter_op_num_threads = 1
         # Spinning idle threads would steal the CPU the event loop needs to parse the next request.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=providers)
+        self.session = ort.InferenceSession(str(model_dir / self.filename), opts, providers=providers)
         # ONNX Runtime silently falls back to CPU when CUDA cannot start: report what it really uses.
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         if device == "cuda" and self.device != "cuda":
@@ -46,6 +51,18 @@ class OnnxBackend:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["probabilities"], {"image": images})[0]
+
+
+class OnnxInt8Backend(OnnxBackend):
+    """model.int8.onnx (export/quantize.py): int8 convolutions on the CPU."""
+
+    runtime = "onnx-int8"
+    filename = "model.int8.onnx"
+
+    def __init__(self, model_dir: Path, device: str, threads: int):
+        if device == "cuda":
+            raise ConfigurationError("CIFAR10_RUNTIME=onnx-int8 runs on the CPU; use onnx (or torchscript) on CUDA")
+        super().__init__(model_dir, "cpu", threads)
 
 
 class TorchScriptBackend:
@@ -73,7 +90,7 @@ def load_backend(model_dir: Path, runtime: str, device: str, threads: int):
         raise ConfigurationError(f"CIFAR10_RUNTIME must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if device not in DEVICES:
         raise ConfigurationError(f"CIFAR10_DEVICE must be one of {', '.join(DEVICES)}, got {device!r}")
-    cls = OnnxBackend if runtime == "onnx" else TorchScriptBackend
+    cls = {"onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend, "torchscript": TorchScriptBackend}[runtime]
     backend = cls(model_dir, device, threads)
     log.info("runtime %s on %s (asked: %s), %d intra-op thread(s)", backend.runtime, backend.device, device, threads)
     return backend

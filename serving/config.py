@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from contract.constants import DEFAULT_MAX_PIXELS
 from contract.cpus import worker_cpus
@@ -20,6 +21,19 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= 300:
+        raise ConfigurationError(f"{name} must be from 0 to 300 seconds, got {value:g}")
     return value
 
 
@@ -42,12 +56,14 @@ class Settings:
     workers: int
     threads: int
     batching: bool
-    max_batch: int
+    max_batch: Optional[int]  # None: the model's measured default (metadata.json "serving"), else 16
     max_upload_bytes: int
     max_pixels: int
     access_log: bool
     tracing: bool
     fast_lane: bool
+    shutdown_delay: float
+    graceful_shutdown: bool
 
     @property
     def use_fast_lane(self) -> bool:
@@ -66,13 +82,16 @@ class Settings:
             # otherwise each start one thread per core in every worker.
             threads=_int("CIFAR10_THREADS", max(1, worker_cpus() // workers)),
             batching=_bool("CIFAR10_BATCHING", True),
-            # 16 bounds the wait behind a running batch: p99 at c=32 was 32-38 ms with 16 and
-            # 43-59 ms with 64 on the 2-core VM, at equal or better requests/s (README, "Load test").
-            max_batch=_int("CIFAR10_MAX_BATCH", 16),
+            # Unset: what the export recorded as measured for this network (serving/service.py), else 16.
+            max_batch=_int("CIFAR10_MAX_BATCH", 0) or None,
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
             # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py).
             fast_lane=_bool("CIFAR10_FAST_LANE", True),
+            # Seconds between SIGTERM (/readyz 503 from then on) and closing the listener (serving/shutdown.py).
+            shutdown_delay=_seconds("CIFAR10_SHUTDOWN_DELAY", 2.0),
+            # off: BentoML's and uvicorn's own shutdown, which loses queued connections (benchmarks/shutdown.py).
+            graceful_shutdown=_bool("CIFAR10_GRACEFUL_SHUTDOWN", True),
         )

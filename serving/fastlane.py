@@ -38,8 +38,9 @@ TESTED_BENTOML = ((1, 4), (1, 5))
 # The layers the lane may skip: each does nothing a /classify caller needs that the lane does not
 # redo. Any other layer in the stack (CORS, access log, a concurrency cap, a user's middleware) means
 # the lane would change behaviour, so it is not installed.
+# SchemaRoutesMiddleware is this service's own (serving/openapi.py): it only answers GET /schema.json.
 SKIPPABLE = frozenset({"ServerErrorMiddleware", "RunnerTrafficMetricsMiddleware", "OpenTelemetryMiddleware",
-                       "TimeoutMiddleware", "ContextMiddleware", "ExceptionMiddleware"})
+                       "TimeoutMiddleware", "ContextMiddleware", "ExceptionMiddleware", "SchemaRoutesMiddleware"})
 METRICS_LAYER = "RunnerTrafficMetricsMiddleware"
 
 

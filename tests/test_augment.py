@@ -61,3 +61,31 @@ def test_normalize_matches_torchvision_and_is_channels_last():
     assert out.shape == (4, 3, 32, 32)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_reflect_crop_is_a_window_of_the_mirror_padded_image():
+    x = _batch(32)
+    y = augment(x, 2, False, torch.Generator().manual_seed(3), pad_mode="reflect")
+    padded = torch.nn.functional.pad(x.permute(0, 3, 1, 2).float(), (2, 2, 2, 2), mode="reflect")
+    padded = padded.permute(0, 2, 3, 1).to(torch.uint8)  # [N, 36, 36, 3]
+    for i in range(len(x)):
+        assert any(torch.equal(padded[i, dy:dy + 32, dx:dx + 32], y[i]) for dy in range(5) for dx in range(5)), i
+    assert not (y == 0).any()  # mirrored edges, never black
+
+
+def test_given_flips_are_applied_and_draw_no_random_flip():
+    x = _batch(16)
+    mirrored = torch.arange(16) % 2 == 0
+    y = augment(x, 0, True, torch.Generator().manual_seed(4), mirrored=mirrored)
+    for i in range(16):
+        assert torch.equal(y[i], x[i].flip(1) if mirrored[i] else x[i])
+
+
+def test_translate_views_shift_with_mirrored_edges():
+    from training.augment import translate_views
+
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    up_left, down_right = translate_views(x, 1)
+    assert torch.equal(up_left[:, :, 1:, 1:], x[:, :, :-1, :-1])  # content moved down-right by one
+    assert torch.equal(up_left[:, :, 0, 1:], x[:, :, 1, :-1])  # the new top row mirrors row 1
+    assert torch.equal(down_right[:, :, :-1, :-1], x[:, :, 1:, 1:])

@@ -14,7 +14,7 @@ def test_defaults_are_the_design_report_recipe():
 def test_recipe_then_explicit_overrides():
     cfg = TrainConfig.for_recipe("fast", lr=0.05)
     assert cfg.recipe == "fast" and cfg.lr == 0.05
-    assert cfg.optimizer == RECIPES["fast"]["optimizer"]
+    assert cfg.optimizer == RECIPES["simplecnn"]["fast"]["optimizer"]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -27,6 +27,14 @@ def test_recipe_then_explicit_overrides():
     ({"optimizer": "rmsprop"}, "optimizer must be one of"),
     ({"label_smoothing": 1.5}, "label_smoothing"),
     ({"recipe": "turbo"}, "unknown recipe"),
+    ({"model": "resnet50"}, "model must be one of"),
+    ({"model": "airbench", "recipe": "fast", "dropout": 0.0}, "recipe 'fast' belongs to simplecnn; airbench's"),
+    ({"model": "airbench"}, "--dropout is SimpleCNN's"),
+    ({"tta_translate": 1}, "needs --tta-flip"),
+    ({"pad_mode": "wrap"}, "pad_mode must be one of"),
+    ({"recipe": "distill", "distill_weight": 0.9}, "distillation needs a teacher"),
+    ({"teacher": "t.pt"}, "--teacher is used by distillation only"),
+    ({"distill_weight": 1.5, "teacher": "t.pt"}, "distill_weight must be in"),
 ])
 def test_bad_values_are_rejected(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -44,10 +52,27 @@ def test_command_line_flags_override_the_recipe_and_only_given_ones_do():
     cfg = config_from_args(get_args_parser().parse_args(["--recipe", "fast", "--crop-padding", "3", "--lr", "0.2"]))
     assert (cfg.crop_padding, cfg.lr, cfg.optimizer) == (3, 0.2, "sgd")
     assert config_from_args(get_args_parser().parse_args(["--recipe", "fast"])).crop_padding == \
-        RECIPES["fast"].get("crop_padding", TrainConfig().crop_padding)
+        RECIPES["simplecnn"]["fast"].get("crop_padding", TrainConfig().crop_padding)
     # The report's dropout unless a recipe or the flag says otherwise; out of range is refused.
     assert config_from_args(get_args_parser().parse_args([])).dropout == 0.5
-    assert config_from_args(get_args_parser().parse_args(["--recipe", "fast"])).dropout == RECIPES["fast"]["dropout"]
+    fast = config_from_args(get_args_parser().parse_args(["--recipe", "fast"]))
+    assert fast.dropout == RECIPES["simplecnn"]["fast"]["dropout"]
     assert config_from_args(get_args_parser().parse_args(["--recipe", "fast", "--dropout", "0.3"])).dropout == 0.3
     with pytest.raises(ConfigError, match="dropout"):
         config_from_args(get_args_parser().parse_args(["--dropout", "1.0"]))
+
+
+def test_a_network_alone_runs_its_own_recipe():
+    from training.cli import config_from_args, get_args_parser
+
+    cfg = config_from_args(get_args_parser().parse_args(["--model", "airbench"]))
+    assert (cfg.model, cfg.recipe, cfg.epochs, cfg.batch_size) == ("airbench", "default", 10, 512)
+    assert (cfg.tta_flip, cfg.tta_translate, cfg.pad_mode, cfg.alternate_flip) == (True, 1, "reflect", True)
+    assert config_from_args(get_args_parser().parse_args([])).model == "simplecnn"
+
+
+def test_config_knows_every_registered_network():
+    from training import models
+    from training.config import MODELS
+
+    assert set(MODELS) == set(models.MODELS) == set(RECIPES)

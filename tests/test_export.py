@@ -46,7 +46,8 @@ def artifacts(tmp_path_factory, checkpoint, shared_data) -> Path:
 
 def test_artifacts_and_parity_report(artifacts):
     assert sorted(p.name for p in artifacts.iterdir()) == [
-        "export_report.json", "metadata.json", "model.onnx", "model.ts"]
+        "explain.onnx", "explain.ts", "export_report.json", "metadata.json", "model.int8.onnx", "model.onnx",
+        "model.ts", "reliability.png"]
     report = json.loads((artifacts / "export_report.json").read_text())
     assert report["images"] == 1000 and report["passed"] is True
     for name in ("torchscript", "onnxruntime"):
@@ -166,3 +167,43 @@ def test_bentoml_store(artifacts, checkpoint, shared_data, tmp_path):
     assert info["tag"] == tags[1]
     assert info["labels"]["dataset"] == "cifar10" and len(info["classes"]) == 10
     assert {"model.onnx", "model.ts", "metadata.json"} <= set(info["files"])
+
+
+def test_int8_model_is_quantized_and_agrees_with_fp32(artifacts, shared_data):
+    report = json.loads((artifacts / "export_report.json").read_text())["int8"]
+    assert report["ops"].get("QuantizeLinear", 0) > 0 and report["ops"].get("DequantizeLinear", 0) > 0
+    assert report["ops"].get("Conv", 0) > 0 and report["test_images"] == 10000
+    assert report["top1_agreement"] >= 0.97 and report["calibration"].startswith("MinMax on 1000 seeded training")
+    session = ort.InferenceSession(str(artifacts / "model.int8.onnx"))
+    x = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    logits, probs = session.run(["logits", "probabilities"], {"image": x})
+    assert logits.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    meta = json.loads((artifacts / "metadata.json").read_text())
+    assert meta["int8"]["file"] == "model.int8.onnx" and "model.int8.onnx" in meta["files"]
+
+
+def test_int8_drop_guard_refuses_and_leaves_previous_artifacts(artifacts, checkpoint, shared_data, capsys,
+                                                                monkeypatch):
+    import export.cli as cli
+
+    before = {p.name: p.read_bytes() for p in artifacts.iterdir()}
+    real = cli._int8
+
+    def worse(*args, **kwargs):  # the real quantization, reported 1 point worse than it measured
+        record = real(*args, **kwargs)
+        return {**record, "drop_points": record["drop_points"] + 1.0}
+
+    monkeypatch.setattr(cli, "_int8", worse)
+    assert export("--checkpoint", str(checkpoint), "--out", str(artifacts), "--data", str(shared_data),
+                  "--parity-images", "1000", "--int8-max-drop", "0.5", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "export rejected" in err and "more than --int8-max-drop 0.5" in err
+    assert {p.name: p.read_bytes() for p in artifacts.iterdir()} == before
+
+
+def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path):
+    assert export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--data", str(shared_data),
+                  "--parity-images", "1000", "--no-int8", "--no-calibration", "--quiet") == 0
+    assert not (tmp_path / "model.int8.onnx").exists() and not (tmp_path / "reliability.png").exists()
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["int8"] is None and meta["calibration"] is None

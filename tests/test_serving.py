@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import CIFAR10_CLASSES, ROOT, Server, cifar_test_images, encode, png_claiming
@@ -100,7 +101,9 @@ def _bad_requests():
                           "missing_field"),
         "text_field_url": (lambda c: c.post("/classify", data={"image": "http://127.0.0.1:9/x.jpg"},
                                             files={"other": ("a", b"a")}), 400, "not_a_file"),
-        "json_body": (lambda c: c.post("/classify", json={"image": "x"}), 415, "unsupported_media_type"),
+        "text_body": (lambda c: c.post("/classify", content=b"x", headers={"Content-Type": "text/plain"}), 415,
+                      "unsupported_media_type"),
+        "json_not_base64": (lambda c: c.post("/classify", json={"image": "x"}), 400, "invalid_base64"),
         "too_large": (lambda c: post_image(c, jpeg + b"\0" * (10 * 1024 * 1024)), 413, "payload_too_large"),
         "bomb": (lambda c: post_image(c, png_claiming(60_000, 60_000), ctype="image/png"), 413, "image_too_large"),
         "top_k_zero": (lambda c: post_image(c, jpeg, top_k="0"), 400, "invalid_top_k"),
@@ -198,6 +201,20 @@ def test_torchscript_runtime_gives_the_same_answers(bento_home, client, server):
     assert "path=/classify" not in server.log.read_text()  # off by default
 
 
+def test_int8_runtime_answers_and_says_so(bento_home, client):
+    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_RUNTIME": "onnx-int8"})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as q:
+            answers = [(post_image(client, p.read_bytes()).json(), post_image(q, p.read_bytes()).json())
+                       for p in cifar_test_images(2)]
+            assert all(b["model"]["runtime"] == "onnx-int8" and b["model"]["device"] == "cpu" for _, b in answers)
+            assert q.get("/model_info").json()["model"]["runtime"] == "onnx-int8"
+            # int8 moves probabilities a little; on real images the labels mostly agree with fp32
+            assert sum(a["index"] == b["index"] for a, b in answers) >= 0.8 * len(answers)
+    finally:
+        srv.stop()
+
+
 def test_onnx_path_does_not_import_torch(bento_home):
     probe = ("import sys, bentoml; from pathlib import Path; import serving.service; "
              "from serving.backends import load_backend; "
@@ -219,7 +236,14 @@ def test_built_bento_serves(bento_home, tmp_path):
     assert tag.startswith("cifar10_classifier:")
     bento_dir = bento_home / "bentos" / "cifar10_classifier" / tag.split(":")[1]
     packed = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
-    assert "serving/service.py" in packed and "serving/static/index.html" in packed
+    assert "serving/service.py" in packed and "serving/static/index.html" in packed and "contract/images.py" in packed
+    # BentoML 1.4 keeps a bento's models in the model store and records them per service (containerize and
+    # export copy them in); the class-scope model must be that reference, and it holds every exported file.
+    info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+    tags = [m["tag"] for svc in info["services"] for m in svc["models"]]
+    assert [t.split(":")[0] for t in tags] == ["cifar10-simplecnn"]
+    name, version = tags[0].split(":")
+    assert (bento_home / "models" / name / version / "model.int8.onnx").is_file()
     assert not any(p.startswith(("training/", "tests/", "export/", ".venv/")) for p in packed)
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch" not in requirements and "onnxruntime" in requirements

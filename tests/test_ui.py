@@ -82,3 +82,33 @@ def test_page_classifies_an_image_and_shows_errors(browser, server, tmp_path):
     shot = ARTIFACTS / "ui.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_why_toggle_shows_the_overlay_for_the_top_class_and_a_clicked_one(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = cifar_test_images(1)[8]
+    browser.get(f"{server.url}/ui")
+    browser.find_element(By.ID, "files").send_keys(str(image.resolve()))
+    card = _wait_for_results(browser, 1)[0]
+    top = card.find_element(By.CSS_SELECTOR, ".label").text.split(" (")[0]
+    card.find_element(By.CSS_SELECTOR, ".why button").click()
+
+    def overlay_for(label):
+        def ready(_):
+            imgs = card.find_elements(By.CSS_SELECTOR, ".why img.overlay")
+            caption = card.find_elements(By.CSS_SELECTOR, ".why .caption")
+            return bool(imgs and caption and f"“{label}”" in caption[0].text and imgs[0].get_property("naturalWidth"))
+        WebDriverWait(browser, 30).until(ready)
+        return card.find_element(By.CSS_SELECTOR, ".why img.overlay")
+
+    assert overlay_for(top).get_property("naturalWidth") == 160
+    other = card.find_elements(By.CSS_SELECTOR, ".bar")[1]
+    other_label = other.find_element(By.TAG_NAME, "span").text
+    other.click()
+    overlay_for(other_label)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "ui-why.png"))
+    card.find_element(By.CSS_SELECTOR, ".why button").click()  # hide
+    WebDriverWait(browser, 10).until(lambda d: not card.find_elements(By.CSS_SELECTOR, ".why img.overlay"))

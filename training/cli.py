@@ -15,7 +15,7 @@ import torch
 
 from . import distributed, report
 from .checkpoint import CheckpointError, build_model, config_of, load_checkpoint
-from .config import RECIPES, ConfigError, TrainConfig
+from .config import MODELS, RECIPE_NAMES, RECIPES, ConfigError, TrainConfig
 from .data import LAYOUTS, DataError, load_split
 from .distributed import DistInfo, PeerFailed
 from .engine import evaluate
@@ -32,15 +32,26 @@ RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads",
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cifar10-train",
-        description="Train SimpleCNN on CIFAR-10 (or any ImageFolder tree) and keep the best checkpoint.",
+        description="Train a network on CIFAR-10 (or any ImageFolder tree) and keep the best checkpoint. "
+        "Without flags: the design report's SimpleCNN and recipe.",
         argument_default=argparse.SUPPRESS,  # only flags the user gave override the recipe
     )
     p.add_argument("--data", metavar="DIR", help=f"dataset: {LAYOUTS} (default: $CIFAR10_DATA or ./data)")
     p.add_argument("--download", action="store_true", default=False,
                    help="download CIFAR-10 into --data when it is not there")
-    p.add_argument("--recipe", choices=list(RECIPES), help="default: the design report's recipe; "
-                   "fast: SGD-nesterov + OneCycle + label smoothing + light augmentation, no dropout + flip TTA "
-                   "(see README)")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="the network: simplecnn (the design report's, default) or airbench (airbench94's "
+                   "whitened conv net, about 10x the compute); alone, it trains with that network's own recipe")
+    recipes = "; ".join(f"{m}: {', '.join(r)}" for m, r in RECIPES.items())
+    p.add_argument("--recipe", choices=list(RECIPE_NAMES), help=f"a recipe of the chosen network ({recipes}). "
+                   "simplecnn default: the design report's; fast: SGD-nesterov + OneCycle + label smoothing + "
+                   "light augmentation, no dropout + flip TTA; distill: fast plus a teacher's soft labels "
+                   "(needs --teacher). airbench default: its tuned 10-epoch recipe (see docs/training.md)")
+    p.add_argument("--teacher", metavar="CHECKPOINT",
+                   help="distillation: a best.pt of any network with the same classes, run frozen on every batch")
+    p.add_argument("--distill-weight", type=float, metavar="W",
+                   help="weight of the teacher's soft labels in the loss (distill recipe: 0.9)")
+    p.add_argument("--distill-temperature", type=float, metavar="T", help="softmax temperature of both (4)")
     p.add_argument("--epochs", type=int, help="epochs to train (default 20)")
     p.add_argument("--batch-size", type=int, help="batch size per process (default 128 on CUDA, 64 on CPU); "
                    "under torchrun the global batch is this times the number of processes")
@@ -57,12 +68,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="zero padding before the random 32x32 crop (default 4; the fast recipe uses less)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
+    p.add_argument("--tta-translate", type=int, metavar="PX",
+                   help="with --tta-flip, also average the views shifted PX pixels up-left and down-right "
+                   "(airbench's 6-view TTA; 0 = off)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on CPUs with native bf16 and on CUDA GPUs that support it, fp16 on "
                    "other GPUs, else fp32")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where outputs go (default ./checkpoints)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--keep", choices=["best", "last"],
+                   help="which weights best.pt ships: best (highest validation accuracy, the report's rule; "
+                   "default for simplecnn) or last (the final epoch's: no selection; airbench's)")
+    p.add_argument("--val-every", type=int, metavar="N",
+                   help="validate every N epochs and after the last (default 1; airbench 5)")
     p.add_argument("--val-split", type=int, metavar="N",
                    help="hold out N training images for validation and test best.pt once at the end "
                    "(default 0: validate on the test split, as in the design report)")
@@ -95,7 +114,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = _overrides(args)
-    return TrainConfig.for_recipe(overrides.pop("recipe", "default"), **overrides)
+    return TrainConfig.for_recipe(overrides.pop("recipe", "default"), overrides.pop("model", "simplecnn"),
+                                  **overrides)
 
 
 def resume_config(args: argparse.Namespace, stored: TrainConfig, path: str) -> TrainConfig:
@@ -127,9 +147,11 @@ def run_eval_only(path: str, args: argparse.Namespace) -> int:
     model.to(device)
     mean = torch.tensor(ckpt.normalization.mean, device=device)
     std = torch.tensor(ckpt.normalization.std, device=device)
-    result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip)
+    result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip,
+                      tta_translate=cfg.tta_translate)
+    tta = ", flip + translate TTA" if cfg.tta_translate else ", flip TTA" if cfg.tta_flip else ""
     print(f"{path}: test accuracy {100 * result['acc']:.2f}%  loss {result['loss']:.4f}  "
-          f"({len(test)} images, fp32{', flip TTA' if cfg.tta_flip else ''}, {describe_device(device)})")
+          f"({len(test)} images, {ckpt.arch}, fp32{tta}, {describe_device(device)})")
     for name, acc in report.per_class_accuracy(result["confusion"], test.classes).items():
         print(f"  {name:>12s}  {100 * acc:5.1f}%")
     return 0

@@ -6,10 +6,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+# The networks of training/models (kept as names here so that the config imports no torch).
+MODELS = ("simplecnn", "airbench")
 CHOICES = {
+    "model": MODELS,
     "optimizer": ("adam", "sgd"),
     "schedule": ("step", "onecycle"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "pad_mode": ("zeros", "reflect"),
+    "keep": ("best", "last"),
 }
 
 
@@ -21,9 +26,11 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything that determines a training run. Stored whole in every checkpoint.
 
-    Field defaults are the design report's recipe ("default"); RECIPES overrides some of them.
+    Field defaults are the design report's recipe (SimpleCNN's "default"); RECIPES[model][recipe]
+    overrides some of them.
     """
 
+    model: str = "simplecnn"
     recipe: str = "default"
     data: str = field(default_factory=lambda: os.environ.get("CIFAR10_DATA", "./data"))
     epochs: int = 20
@@ -39,17 +46,46 @@ class TrainConfig:
     schedule: str = "step"
     step_size: int = 10
     gamma: float = 0.1
-    # OneCycle: fraction of the run spent warming up, and start/end lr as fractions of the peak.
+    # OneCycle (linear): fraction of the run spent warming up; it starts at peak / div_factor and ends at
+    # peak / (div_factor * final_div_factor).
     warmup_frac: float = 0.25
     div_factor: float = 10.0
     final_div_factor: float = 100.0
+    # Learning-rate multiplier for BatchNorm shifts (the airbench recipe's 64x); their weight decay is
+    # divided by it, so the decay they get stays the same.
+    bias_lr_scale: float = 1.0
     label_smoothing: float = 0.0
-    dropout: float = 0.5
+    dropout: float = 0.5  # SimpleCNN's only
+    # Random crop: `crop_padding` pixels of zeros ("zeros", the report's) or of mirrored image ("reflect").
     crop_padding: int = 4
+    pad_mode: str = "zeros"
     flip: bool = True
+    # Each image is mirrored in every other epoch (from a seeded random start) instead of at random.
+    alternate_flip: bool = False
     tta_flip: bool = False
+    # Test-time translation: with tta_flip, also the views shifted by this many pixels up-left and
+    # down-right (mirrored edges), weighted as airbench's level-2 TTA. 0 = off.
+    tta_translate: int = 0
     # Exponential moving average of the weights (0 = off); validation and best.pt use the average.
     ema_decay: float = 0.0
+    # Lookahead (airbench): every `lookahead_every` steps from epoch `lookahead_start_epoch` on, the weights
+    # move to an average that tightens over the run (decay ** every * progress ** power). 0 = off.
+    lookahead_every: int = 0
+    lookahead_start_epoch: int = 4
+    lookahead_decay: float = 0.95
+    lookahead_power: float = 3.0
+    # Epochs during which the whitening stem's bias trains (networks with one; 0 = never).
+    whiten_bias_epochs: int = 0
+    # Knowledge distillation: the teacher's checkpoint, the weight of the teacher's term in the loss and
+    # its softmax temperature (loss = (1 - w) * CE + w * T^2 * KL(teacher || student), both at T).
+    teacher: Optional[str] = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
+    # Which weights best.pt ships: "best" (highest validation accuracy, as the design report does) or "last"
+    # (the final epoch's: no selection, the rule when validation is the test split). With "last", validation
+    # (every `val_every` epochs and after the last) only draws the curves, so it runs without TTA.
+    keep: str = "best"
+    val_every: int = 1
     seed: int = 0
     val_split: int = 0
     limit_train: int = 0
@@ -74,11 +110,10 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def for_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
-        """The named recipe's values, then the caller's explicit overrides on top."""
-        if recipe not in RECIPES:
-            raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-        return cls.from_dict({**RECIPES[recipe], "recipe": recipe, **overrides})
+    def for_recipe(cls, recipe: str = "default", model: str = "simplecnn", **overrides: Any) -> "TrainConfig":
+        """The named recipe of the network's, then the caller's explicit overrides on top."""
+        _check_recipe(model, recipe)
+        return cls.from_dict({**RECIPES[model][recipe], "model": model, "recipe": recipe, **overrides})
 
     def resolved_batch_size(self, on_cuda: bool) -> int:
         if self.batch_size is not None:
@@ -86,11 +121,11 @@ class TrainConfig:
         return 128 if on_cuda else 64
 
 
-# The design report's recipe is the dataclass defaults. "fast" keeps SimpleCNN and changes only
-# how it is trained; the values were chosen by the measurements in README.md ("Recipes").
-RECIPES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "fast": {
+# A recipe belongs to a network: RECIPES[model][recipe] holds what differs from the dataclass defaults.
+# SimpleCNN's "default" is the design report's recipe (the defaults themselves); "fast" keeps SimpleCNN and
+# changes only how it is trained, chosen by the measurements in docs/experiments.md; "distill" is "fast"
+# with a teacher (give --teacher). Each other network's "default" is its tuned recipe.
+SIMPLECNN_FAST: dict[str, Any] = {
         "optimizer": "sgd",
         "lr": 0.1,
         "nesterov": True,
@@ -104,8 +139,38 @@ RECIPES: dict[str, dict[str, Any]] = {
         "crop_padding": 1,
         "dropout": 0.0,
         "tta_flip": True,
+}
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "simplecnn": {
+        "default": {},
+        "fast": SIMPLECNN_FAST,
+        "distill": {**SIMPLECNN_FAST, "distill_weight": 0.9, "distill_temperature": 4.0},
+    },
+    # airbench94's recipe (docs/training.md): its batch-size-decoupled hyper-parameters (lr 11.5 and weight
+    # decay 0.0153 per 1024 images, Nesterov momentum 0.85, loss summed over the batch) written as the
+    # mean-loss SGD values for batch 512: lr = 11.5 * 512 / (1024 * (1 + 1 / 0.15)) = 0.75 and weight decay
+    # 0.0153 / 11.5. Its triangular schedule (0.2 -> 1 at 23% -> 0.07 of the peak) is OneCycle below.
+    "airbench": {
+        "default": {
+            "epochs": 10, "batch_size": 512, "optimizer": "sgd", "lr": 0.75, "momentum": 0.85, "nesterov": True,
+            "weight_decay": 0.0153 / 11.5, "schedule": "onecycle", "warmup_frac": 0.23, "div_factor": 5.0,
+            "final_div_factor": 0.2 / 0.07, "bias_lr_scale": 64.0, "label_smoothing": 0.2, "dropout": 0.0,
+            "crop_padding": 2, "pad_mode": "reflect", "alternate_flip": True, "tta_flip": True,
+            "tta_translate": 1, "lookahead_every": 5, "lookahead_start_epoch": 4, "whiten_bias_epochs": 3,
+            "keep": "last", "val_every": 5,
+        },
     },
 }
+RECIPE_NAMES = tuple(dict.fromkeys(name for recipes in RECIPES.values() for name in recipes))
+
+
+def _check_recipe(model: str, recipe: str) -> None:
+    if model not in RECIPES:
+        raise ConfigError(f"unknown network {model!r}; choose from {', '.join(RECIPES)}")
+    if recipe not in RECIPES[model]:
+        owners = [m for m, recipes in RECIPES.items() if recipe in recipes]
+        where = f"recipe {recipe!r} belongs to {', '.join(owners)}" if owners else f"unknown recipe {recipe!r}"
+        raise ConfigError(f"{where}; {model}'s recipes are {', '.join(RECIPES[model])}")
 
 
 def _check_type(name: str, value: Any, expected: Any) -> None:
@@ -131,9 +196,11 @@ def validate(cfg: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    if cfg.recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {cfg.recipe!r}; choose from {', '.join(RECIPES)}")
-    positive = {"epochs": cfg.epochs, "lr": cfg.lr, "step_size": cfg.step_size}
+    _check_recipe(cfg.model, cfg.recipe)
+    positive = {"epochs": cfg.epochs, "lr": cfg.lr, "step_size": cfg.step_size, "div_factor": cfg.div_factor,
+                "final_div_factor": cfg.final_div_factor, "bias_lr_scale": cfg.bias_lr_scale,
+                "lookahead_start_epoch": cfg.lookahead_start_epoch, "distill_temperature": cfg.distill_temperature,
+                "val_every": cfg.val_every}
     if cfg.batch_size is not None:
         positive["batch_size"] = cfg.batch_size
     for name, value in positive.items():
@@ -141,7 +208,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
     non_negative = {
         "weight_decay": cfg.weight_decay, "val_split": cfg.val_split, "limit_train": cfg.limit_train,
-        "crop_padding": cfg.crop_padding, "momentum": cfg.momentum,
+        "crop_padding": cfg.crop_padding, "momentum": cfg.momentum, "tta_translate": cfg.tta_translate,
+        "lookahead_every": cfg.lookahead_every, "whiten_bias_epochs": cfg.whiten_bias_epochs,
     }
     for name, value in non_negative.items():
         if value < 0:
@@ -154,3 +222,19 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 < cfg.warmup_frac < 1.0:
         raise ConfigError(f"warmup_frac must be in (0, 1), got {cfg.warmup_frac}")
+    if not 0.0 < cfg.lookahead_decay < 1.0:
+        raise ConfigError(f"lookahead_decay must be in (0, 1), got {cfg.lookahead_decay}")
+    if cfg.model != "simplecnn" and cfg.dropout:
+        raise ConfigError(f"--dropout is SimpleCNN's; {cfg.model} has no dropout layer")
+    if cfg.tta_translate and not cfg.tta_flip:
+        raise ConfigError("--tta-translate averages mirrored views too: it needs --tta-flip")
+    if cfg.tta_translate > 4:
+        raise ConfigError(f"--tta-translate shifts by at most 4 pixels, got {cfg.tta_translate}")
+    if cfg.pad_mode == "reflect" and cfg.crop_padding > 16:
+        raise ConfigError(f"--crop-padding {cfg.crop_padding} is too large for mirrored padding (at most 16)")
+    if not 0.0 <= cfg.distill_weight <= 1.0:
+        raise ConfigError(f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
+    if cfg.distill_weight > 0 and not cfg.teacher:
+        raise ConfigError("distillation needs a teacher: give --teacher PATH/best.pt (a checkpoint of any network)")
+    if cfg.teacher and cfg.distill_weight == 0:
+        raise ConfigError("--teacher is used by distillation only: use --recipe distill (or --distill-weight W)")

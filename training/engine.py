@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .augment import augment, normalize
+from .augment import augment, normalize, translate_views
 from .distributed import all_sum
+from .lookahead import Lookahead
 from .runtime import autocast
 
 
@@ -24,6 +26,42 @@ def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How training batches are augmented (see training/augment.py)."""
+
+    crop_padding: int = 4
+    pad_mode: str = "zeros"
+    flip: bool = True
+    # Alternating flip: the orientation of every image of the split for this epoch (bool [N]); None: random.
+    mirrored: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the step minimizes: cross-entropy (with label smoothing), mixed with a teacher's soft labels."""
+
+    label_smoothing: float = 0.0
+    teacher: Optional[torch.nn.Module] = None  # frozen, eval mode, on the same device
+    distill_weight: float = 0.0
+    temperature: float = 4.0
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The teacher on the student's (augmented, normalized) batch; call it under the step's autocast."""
+        return None if self.teacher is None or self.distill_weight == 0 else self.teacher(x).float()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if teacher_logits is None:
+            return ce
+        target = F.softmax(teacher_logits / self.temperature, dim=1)
+        soft = F.log_softmax(logits.float() / self.temperature, dim=1)
+        # T^2 keeps the soft term's gradients on the scale of the hard one's (Hinton et al., 2015).
+        kd = F.kl_div(soft, target, reduction="batchmean") * self.temperature ** 2
+        return (1 - self.distill_weight) * ce + self.distill_weight * kd
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -36,12 +74,14 @@ def train_one_epoch(
     std: torch.Tensor,
     amp: Optional[torch.dtype],
     generator: torch.Generator,
-    crop_padding: int = 4,
-    flip: bool = True,
-    label_smoothing: float = 0.0,
+    aug: Augmentation = Augmentation(),
+    objective: Objective = Objective(),
     scaler: Optional[torch.amp.GradScaler] = None,
     step_scheduler_per_batch: bool = False,
     ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
+    lookahead: Optional[Lookahead] = None,
+    lookahead_active: bool = False,
+    frozen: Sequence[torch.Tensor] = (),
     on_step: Optional[Callable[[int, int, float, float], None]] = None,
     shard: tuple[int, int] = (0, 1),
     order_generator: Optional[torch.Generator] = None,
@@ -49,6 +89,8 @@ def train_one_epoch(
     """One pass over images (uint8 [N, H, W, C], on the training device) in a seeded random order.
 
     Returns the mean training loss, accuracy (on augmented images), sample count, seconds, images/s.
+    `frozen` parameters get no update this epoch (their gradients are dropped before the step; DDP-safe,
+    unlike toggling requires_grad). `lookahead` counts every step and averages when `lookahead_active`.
     on_step(step, samples_seen, running_loss, running_acc) is called every few steps for progress.
     With shard=(rank, world_size), world_size > 1, the order comes from order_generator (seeded the
     same on every rank), this rank trains on its slice of it, and the returned loss, accuracy, samples
@@ -64,29 +106,38 @@ def train_one_epoch(
         # epoch (different ones each epoch): DDP needs every rank in every step's gradient all-reduce.
         per_rank = n // world
         order = order[rank * per_rank:(rank + 1) * per_rank]
+    unwrapped = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
     for step, (lo, hi) in enumerate(batch_slices(order.numel(), batch_size)):
         idx = order[lo:hi]
-        x = normalize(augment(images[idx], crop_padding, flip, generator), mean, std)
+        mirrored = aug.mirrored[idx] if aug.mirrored is not None else None
+        x = normalize(augment(images[idx], aug.crop_padding, aug.flip, generator, aug.pad_mode, mirrored), mean, std)
         y = labels[idx]
         with autocast(device, amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            teacher_logits = objective.teacher_logits(x)
+        loss = objective.loss(logits, y, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        for p in frozen:
+            p.grad = None  # the optimizer skips a parameter without a gradient
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if step_scheduler_per_batch:
             scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(unwrapped)
+        if lookahead is not None:
+            lookahead.after_step(unwrapped, lookahead_active)
         loss_sum += loss.detach() * (hi - lo)
         correct += (logits.argmax(1) == y).sum()
         seen += hi - lo
@@ -94,6 +145,8 @@ def train_one_epoch(
             on_step(step, seen, loss_sum.item() / seen, correct.item() / seen)
     if not step_scheduler_per_batch:
         scheduler.step()
+    if lookahead is not None and lookahead_active:
+        lookahead.sync(unwrapped)
     if world > 1:
         # Sums, not means, so that the global figures weigh every sample once (float64 keeps the
         # counts exact).
@@ -113,6 +166,22 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False, tta_translate: int = 0) -> torch.Tensor:
+    """Logits of normalized [N, 3, H, W] with test-time augmentation: the mean of each image and its mirror
+    (tta_flip), and with tta_translate half of that plus half the mean of the same for the views shifted
+    tta_translate pixels up-left and down-right (airbench's level-2 TTA: 6 views)."""
+    def mirror(v: torch.Tensor) -> torch.Tensor:
+        logits = model(v).float()
+        return (logits + model(v.flip(3)).float()) / 2 if tta_flip else logits
+
+    logits = mirror(x)
+    if tta_translate:
+        up_left, down_right = translate_views(x, tta_translate)
+        logits = 0.5 * logits + 0.25 * (mirror(up_left) + mirror(down_right))
+    return logits
+
+
+@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -121,20 +190,17 @@ def predict_logits(
     std: torch.Tensor,
     amp: Optional[torch.dtype] = None,
     tta_flip: bool = False,
+    tta_translate: int = 0,
     batch_size: int = 1000,
 ) -> torch.Tensor:
-    """Logits [N, C] (float32) for uint8 images [N, H, W, C]; with tta_flip, the mean of the
-    logits of each image and its mirror."""
+    """Logits [N, C] (float32) for uint8 images [N, H, W, C], with the test-time augmentation of tta_logits."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for lo in range(0, images.shape[0], batch_size):
         x = normalize(images[lo:lo + batch_size].to(device), mean, std)
         with autocast(device, amp):
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits)
+            out.append(tta_logits(model, x, tta_flip, tta_translate))
     return torch.cat(out)
 
 
@@ -147,6 +213,7 @@ def evaluate(
     std: torch.Tensor,
     amp: Optional[torch.dtype] = None,
     tta_flip: bool = False,
+    tta_translate: int = 0,
     num_classes: Optional[int] = None,
     shard: tuple[int, int] = (0, 1),
 ) -> dict:
@@ -160,7 +227,7 @@ def evaluate(
         n = images.shape[0]
         lo, hi = n * rank // world, n * (rank + 1) // world
         images, labels = images[lo:hi], labels[lo:hi]
-    logits = predict_logits(model, images, mean=mean, std=std, amp=amp, tta_flip=tta_flip)
+    logits = predict_logits(model, images, mean=mean, std=std, amp=amp, tta_flip=tta_flip, tta_translate=tta_translate)
     labels = labels.to(logits.device)
     pred = logits.argmax(1)
     c = num_classes or logits.shape[1]

@@ -31,10 +31,11 @@ def plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    validated = [h for h in history if h["val_acc"] is not None]  # every val_every epochs and the last
+    axes[0].plot([h["epoch"] for h in validated], [h["val_loss"] for h in validated], "o-", label="validation")
     axes[0].set_title("Loss")
     axes[1].plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    axes[1].plot(epochs, [100 * h["val_acc"] for h in history], "o-", label="validation")
+    axes[1].plot([h["epoch"] for h in validated], [100 * h["val_acc"] for h in validated], "o-", label="validation")
     axes[1].set_title("Accuracy (%)")
     axes[2].plot(epochs, [h["lr"] for h in history], "o-")
     axes[2].set_title("Learning rate (at epoch start)")
@@ -61,6 +62,12 @@ def images_per_second(history: list[dict[str, Any]]) -> float:
     return sum(h["samples"] for h in history) / sum(h["seconds"] for h in history)
 
 
+def tta_name(summary: dict[str, Any]) -> str:
+    if summary.get("tta_translate"):
+        return f", flip + {summary['tta_translate']}-pixel translate TTA"
+    return ", flip TTA" if summary.get("tta_flip") else ""
+
+
 def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, float]) -> None:
     """results.md: the design report's "Results and Analysis" fields, filled in."""
     s = summary
@@ -71,7 +78,7 @@ def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, f
         "# Training results",
         "",
         f"- **Device**: {s['device']}; precision {s['precision']}; {batch}",
-        f"- **Recipe**: {s['recipe']} ({s['epochs_run']} epochs)",
+        f"- **Network**: {s.get('model', 'simplecnn')}; **recipe**: {s['recipe']} ({s['epochs_run']} epochs)",
         f"- **Training Time**: {s['train_seconds'] / 60:.2f} minutes ({s['train_seconds']:.1f} s, "
         "training and per-epoch validation)",
         f"- **Peak Memory Usage**: {s['peak_rss_mib'] / 1024:.2f} GB resident"
@@ -82,11 +89,14 @@ def write_results(out_dir: Path, summary: dict[str, Any], per_class: dict[str, f
         "",
         f"- **Final Training Accuracy**: {100 * s['final_train_acc']:.2f}%",
         f"- **Final Validation Accuracy**: {100 * s['final_val_acc']:.2f}%",
-        f"- **Best Validation Accuracy**: {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']})",
+        (f"- **Best Validation Accuracy**: {100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']})"
+         if s.get("keep", "best") == "best" else
+         f"- **Shipped weights**: the final epoch's ({s['best_epoch']}), chosen without looking at validation; "
+         "validation figures above are without TTA"),
         f"- **Final Training Loss**: {s['final_train_loss']:.4f}",
         f"- **Final Validation Loss**: {s['final_val_loss']:.4f}",
-        f"- **Test Accuracy of best.pt**: {100 * s['test_acc']:.2f}% (fp32{', flip TTA' if s['tta_flip'] else ''}, "
-        f"{s['test_images']} test images)",
+        f"- **Test Accuracy of best.pt**: {100 * s['test_acc']:.2f}% "
+        f"(fp32{tta_name(s)}, {s['test_images']} test images)",
         f"- Validation set: {s['val_source']}",
         "",
         "## Per-class test accuracy (best.pt)",
@@ -129,8 +139,8 @@ def plot_sweep(path: Path, lrs: list[float], batch_sizes: list[int], cells: list
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax = axes[1]
     for cell in cells:
-        curve = cell["val_acc_curve"]
-        ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], "o-",
+        points = [(e, a) for e, a in enumerate(cell["val_acc_curve"], 1) if a is not None]
+        ax.plot([e for e, _ in points], [100 * a for _, a in points], "o-",
                 label=f"lr={cell['lr']:g} bs={cell['batch_size']}")
     ax.set_title("Validation accuracy per epoch (%)")
     ax.set_xlabel("epoch")

@@ -15,15 +15,17 @@ from typing import Any, Callable, Optional
 import torch
 
 from contract.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
-from contract.provenance import git_commit
+from contract.provenance import git_commit, sha256_file
 from contract.schemas import Checkpoint, Normalization, ResumeState
 
 from . import distributed, models, report
-from .checkpoint import CheckpointError, save_checkpoint
+from .augment import normalize
+from .checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import Split, prepare_data
 from .distributed import DistInfo, PeerFailed
-from .engine import batch_slices, evaluate, train_one_epoch
+from .engine import Augmentation, Objective, batch_slices, evaluate, train_one_epoch
+from .lookahead import Lookahead
 from .optim import build_optimizer
 from .runtime import amp_dtype, describe_device, peak_memory, pick_device, precision_name
 
@@ -63,6 +65,8 @@ class Run:
     scheduler: Any
     scaler: Optional[torch.amp.GradScaler]
     ema: Optional[torch.optim.swa_utils.AveragedModel]
+    lookahead: Optional[Lookahead]
+    teacher: Optional[torch.nn.Module]  # distillation: frozen, in eval mode
     mean: torch.Tensor  # [3], on the device
     std: torch.Tensor
     header: dict[str, Any]  # the Checkpoint fields every file of this run shares
@@ -80,6 +84,10 @@ class Run:
     @property
     def per_rank(self) -> int:
         return len(self.train_set) // self.info.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(batch_slices(self.per_rank, self.batch_size))
 
 
 def train(cfg: TrainConfig, opts: RunOptions, info: DistInfo = DistInfo()) -> int:
@@ -119,6 +127,29 @@ def _load_data(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> tuple[Spli
     return train_set, val_set, test_set, val_source
 
 
+def load_teacher(cfg: TrainConfig, train_set: Split,
+                 device: torch.device) -> tuple[Optional[torch.nn.Module], Optional[dict[str, Any]]]:
+    """(teacher network, its provenance) for distillation, or (None, None). CheckpointError when the teacher
+    cannot teach this student: another class list or input size, or another normalization."""
+    if not cfg.teacher:
+        return None, None
+    ckpt = load_checkpoint(cfg.teacher)
+    if list(ckpt.classes) != list(train_set.classes):
+        raise CheckpointError(f"teacher {cfg.teacher} predicts {len(ckpt.classes)} classes {ckpt.classes}; the "
+                              f"student learns {len(train_set.classes)}: {train_set.classes}")
+    norm = ckpt.normalization
+    if norm.input_size != IMAGE_SIZE or tuple(norm.mean) != CIFAR10_MEAN or tuple(norm.std) != CIFAR10_STD:
+        raise CheckpointError(f"teacher {cfg.teacher} takes {norm.input_size}x{norm.input_size} images normalized "
+                              f"with mean {norm.mean} and std {norm.std}; the student "
+                              f"{IMAGE_SIZE}x{IMAGE_SIZE} with {CIFAR10_MEAN} and {CIFAR10_STD}")
+    teacher = build_model(ckpt, cfg.teacher).to(device, memory_format=torch.channels_last).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    metrics = ckpt.metrics or {}
+    return teacher, {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256_file(cfg.teacher),
+                     "arch": ckpt.arch, "test_acc": metrics.get("test_acc"), "recipe": ckpt.config.get("recipe")}
+
+
 def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.device,
               amp: Optional[torch.dtype]) -> Run:
     """Data, model, optimizer and (when resuming) the state of the last finished epoch."""
@@ -129,9 +160,16 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
         info, device, lambda: _load_data(cfg, opts, info))
     batch_size = cfg.resolved_batch_size(device.type == "cuda")
 
+    teacher, teacher_info = load_teacher(cfg, train_set, device)
     torch.manual_seed(cfg.seed)
-    model_args = {"num_classes": len(train_set.classes), "dropout": cfg.dropout}
-    model = models.create("simplecnn", **model_args)
+    args = models.model_args(cfg.model, len(train_set.classes), cfg.dropout)
+    model = models.create(cfg.model, **args)
+    mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
+    if opts.resume is None:
+        # Seeded and from the same images on every rank, so all ranks start from the same weights.
+        sample = train_set.images[torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))
+                                  [:5000]]
+        models.prepare(model, normalize(sample, mean.cpu(), std.cpu()))
     if cfg.sync_bn and info.enabled:
         # Same parameter and buffer names as BatchNorm2d, so checkpoints still load into the plain network.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -142,6 +180,10 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
     if cfg.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    lookahead = None
+    if cfg.lookahead_every:
+        lookahead = Lookahead(cfg.lookahead_every, cfg.lookahead_decay, cfg.lookahead_power,
+                              cfg.epochs * steps_per_epoch)
 
     provenance = {
         "git_commit": git_commit(), "torch": str(torch.__version__),
@@ -151,7 +193,9 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
     if info.enabled:
         provenance["processes"] = info.world_size
         provenance["backend"] = torch.distributed.get_backend()
-    header = {"arch": "simplecnn", "model_args": model_args, "config": cfg.to_dict(),
+    if teacher_info:
+        provenance["teacher"] = teacher_info
+    header = {"arch": cfg.model, "model_args": args, "config": cfg.to_dict(),
               "classes": list(train_set.classes), "provenance": provenance,
               "normalization": Normalization(CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE)}
     quiet = opts.quiet or not info.is_main
@@ -161,8 +205,7 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
         train_set=train_set, val_set=val_set, test_set=test_set, val_source=val_source, batch_size=batch_size,
         model=model, trained=model, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type) if amp == torch.float16 else None, ema=ema,
-        mean=torch.tensor(CIFAR10_MEAN, device=device), std=torch.tensor(CIFAR10_STD, device=device),
-        header=header,
+        lookahead=lookahead, teacher=teacher, mean=mean, std=std, header=header,
     )
     if opts.resume is not None:
         _restore(run, opts.resume.resume)
@@ -182,6 +225,8 @@ def _restore(run: Run, state: ResumeState) -> None:
         run.scaler.load_state_dict(state.scaler)
     if run.ema is not None:
         run.ema.load_state_dict(state.ema)
+    if run.lookahead is not None:
+        run.lookahead.load_state_dict(state.ema, run.device)  # last.pt keeps the lookahead state as its "ema"
     run.history = list(state.history)
     run.best = dict(state.best)
     run.best_state = state.best_model
@@ -199,7 +244,8 @@ def save_last(run: Run, epoch: int) -> None:
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), history=run.history,
         best=run.best, best_model=run.best_state, train_seconds=run.train_seconds, rng=rng,
         scaler=run.scaler.state_dict() if run.scaler else None,
-        ema=run.ema.state_dict() if run.ema is not None else None)
+        ema=(run.ema.state_dict() if run.ema is not None
+             else run.lookahead.state_dict() if run.lookahead is not None else None))
     save_checkpoint(run.out_dir / "last.pt", Checkpoint(**run.header, model=run.model.state_dict(), epoch=epoch,
                                                         resume=state))
 
@@ -262,6 +308,10 @@ def run_epochs(run: Run) -> bool:
     cfg = run.cfg
     images, labels = run.train_set.images.to(run.device), run.train_set.labels.to(run.device)
     val_images, val_labels = run.val_set.images.to(run.device), run.val_set.labels.to(run.device)
+    # Alternating flip: a seeded orientation per image, reversed in every other epoch.
+    first_flip = (torch.rand(len(run.train_set), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
+                  ).to(run.device) if cfg.alternate_flip else None
+    objective = Objective(cfg.label_smoothing, run.teacher, cfg.distill_weight, cfg.distill_temperature)
     show_bars = not run.opts.quiet and run.info.is_main and sys.stderr.isatty()
     run.say(_describe(run))
     if run.opts.resume is None:
@@ -272,16 +322,25 @@ def run_epochs(run: Run) -> bool:
             order_generator, generator = seed_epoch(cfg.seed, epoch, run.device, run.info)
             lr = run.optimizer.param_groups[0]["lr"]
             progress = Progress(run.per_rank, f"epoch {epoch}/{cfg.epochs}", show_bars)
+            mirrored = first_flip ^ bool(epoch % 2 == 0) if first_flip is not None else None
+            aug = Augmentation(cfg.crop_padding, cfg.pad_mode, cfg.flip, mirrored)
             stats = train_one_epoch(
                 run.trained, run.optimizer, run.scheduler, images, labels, batch_size=run.batch_size,
-                mean=run.mean, std=run.std, amp=run.amp, generator=generator, crop_padding=cfg.crop_padding,
-                flip=cfg.flip, label_smoothing=cfg.label_smoothing, scaler=run.scaler,
-                step_scheduler_per_batch=cfg.schedule == "onecycle", ema=run.ema, on_step=progress,
+                mean=run.mean, std=run.std, amp=run.amp, generator=generator, aug=aug, objective=objective,
+                scaler=run.scaler, step_scheduler_per_batch=cfg.schedule == "onecycle", ema=run.ema,
+                lookahead=run.lookahead, lookahead_active=epoch >= cfg.lookahead_start_epoch,
+                frozen=models.frozen_parameters(run.model, epoch, cfg.whiten_bias_epochs), on_step=progress,
                 shard=run.info.shard, order_generator=order_generator)
             progress.close()
-            distributed.broadcast_buffers(run.evaluated)
-            val = evaluate(run.evaluated, val_images, val_labels, mean=run.mean, std=run.std, amp=run.amp,
-                           tta_flip=cfg.tta_flip, num_classes=len(run.train_set.classes), shard=run.info.shard)
+            val = None
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                distributed.broadcast_buffers(run.evaluated)
+                # Selecting "best" weights must see what ships (the recipe's TTA); with keep="last" the figure
+                # only draws the curves, and the final test of finish() measures the TTA.
+                tta = cfg.keep == "best"
+                val = evaluate(run.evaluated, val_images, val_labels, mean=run.mean, std=run.std, amp=run.amp,
+                               tta_flip=cfg.tta_flip and tta, tta_translate=cfg.tta_translate if tta else 0,
+                               num_classes=len(run.train_set.classes), shard=run.info.shard)
             _record_epoch(run, epoch, lr, stats, val, time.perf_counter() - epoch_start)
     except KeyboardInterrupt:
         if run.info.is_main:
@@ -292,17 +351,22 @@ def run_epochs(run: Run) -> bool:
     return True
 
 
-def _record_epoch(run: Run, epoch: int, lr: float, stats: dict, val: dict, epoch_seconds: float) -> None:
-    """History, best.pt when validation improved, last.pt, history.json and the epoch's line."""
+def _record_epoch(run: Run, epoch: int, lr: float, stats: dict, val: Optional[dict], epoch_seconds: float) -> None:
+    """History, best.pt when it changed, last.pt, history.json and the epoch's line (val None: not validated)."""
     run.train_seconds += epoch_seconds  # training + validation
     run.history.append({
         "epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["acc"],
-        "val_loss": val["loss"], "val_acc": val["acc"], "seconds": stats["seconds"],
-        "img_s": stats["img_s"], "epoch_seconds": epoch_seconds, "samples": stats["samples"],
+        "val_loss": val["loss"] if val else None, "val_acc": val["acc"] if val else None,
+        "seconds": stats["seconds"], "img_s": stats["img_s"], "epoch_seconds": epoch_seconds,
+        "samples": stats["samples"],
     })
     # val["acc"] is a ratio of all-reduced integer counts, identical on every rank, so all ranks pick
     # the same best epoch (and keep the same best_state for last.pt and finish()).
-    if val["acc"] > run.best["val_acc"]:
+    if run.cfg.keep == "best":
+        chosen = val is not None and val["acc"] > run.best["val_acc"]
+    else:
+        chosen = epoch == run.cfg.epochs
+    if chosen:
         run.best = {"val_acc": val["acc"], "val_loss": val["loss"], "epoch": epoch,
                     "train_acc": stats["acc"], "train_loss": stats["loss"]}
         run.best_state = copy.deepcopy(run.evaluated.state_dict())
@@ -312,9 +376,10 @@ def _record_epoch(run: Run, epoch: int, lr: float, stats: dict, val: dict, epoch
     save_last(run, epoch)
     if run.info.is_main:
         report.write_history(run.out_dir, run.history)
+    shown = f"val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%" if val else "(not validated)"
     run.say(f"epoch {epoch:3d}/{run.cfg.epochs}  train loss {stats['loss']:.4f} acc {100 * stats['acc']:6.2f}%  "
-            f"| val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%  | lr {lr:.2e}  "
-            f"{stats['seconds']:5.1f}s {stats['img_s']:,.0f} img/s" + ("  *best" if run.best["epoch"] == epoch else ""))
+            f"| {shown}  | lr {lr:.2e}  {stats['seconds']:5.1f}s {stats['img_s']:,.0f} img/s"
+            + ("  *best" if run.best["epoch"] == epoch and run.cfg.keep == "best" else ""))
 
 
 def finish(run: Run) -> int:
@@ -324,7 +389,8 @@ def finish(run: Run) -> int:
     run.model.load_state_dict(run.best_state)
     classes = run.train_set.classes
     test = evaluate(run.model, run.test_set.images.to(run.device), run.test_set.labels, mean=run.mean, std=run.std,
-                    tta_flip=run.cfg.tta_flip, num_classes=len(classes), shard=run.info.shard)
+                    tta_flip=run.cfg.tta_flip, tta_translate=run.cfg.tta_translate, num_classes=len(classes),
+                    shard=run.info.shard)
     if not run.info.is_main:
         return 0
     per_class = report.per_class_accuracy(test["confusion"], classes)
@@ -339,7 +405,8 @@ def finish(run: Run) -> int:
         **peak_memory(run.device), "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
         "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
         "final_val_loss": last["val_loss"], "test_acc": test["acc"], "test_images": len(run.test_set),
-        "tta_flip": run.cfg.tta_flip, "val_source": run.val_source,
+        "tta_flip": run.cfg.tta_flip, "tta_translate": run.cfg.tta_translate, "val_source": run.val_source,
+        "model": run.cfg.model, "keep": run.cfg.keep,
     }
     save_checkpoint(run.out_dir / "best.pt", Checkpoint(**run.header, model=run.best_state, epoch=best["epoch"],
                                                         metrics=metrics, summary=summary))
@@ -347,7 +414,9 @@ def finish(run: Run) -> int:
     report.plot_confusion(run.out_dir, test["confusion"], classes,
                           f"best.pt (epoch {best['epoch']}) on the test split: {100 * test['acc']:.2f}%")
     report.write_results(run.out_dir, summary, per_class)
-    print(f"done: best validation accuracy {100 * best['val_acc']:.2f}% (epoch {best['epoch']}), "
-          f"test accuracy of best.pt {100 * test['acc']:.2f}% | {run.train_seconds:.1f}s training, "
+    chosen = (f"best validation accuracy {100 * best['val_acc']:.2f}% (epoch {best['epoch']})" if run.cfg.keep == "best"
+              else f"final epoch {best['epoch']} kept (validation {100 * best['val_acc']:.2f}% without TTA)")
+    print(f"done: {chosen}, test accuracy of best.pt {100 * test['acc']:.2f}%{report.tta_name(summary)} | "
+          f"{run.train_seconds:.1f}s training, "
           f"peak RSS {summary['peak_rss_mib']:.0f} MiB | outputs in {run.out_dir}/")
     return 0

@@ -2,15 +2,40 @@
 forward(x) takes normalized float [N, 3, 32, 32] and returns logits [N, num_classes]."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
+from .airbench import AirbenchNet
 from .simplecnn import SimpleCNN
 
 # name -> class; a checkpoint records the name ("arch") and the keyword arguments ("model_args").
-MODELS: dict[str, type[nn.Module]] = {"simplecnn": SimpleCNN}
+MODELS: dict[str, type[nn.Module]] = {"simplecnn": SimpleCNN, "airbench": AirbenchNet}
 
 
-def create(arch: str, **model_args) -> nn.Module:
+def create(arch: str, **model_args: Any) -> nn.Module:
     if arch not in MODELS:
         raise KeyError(f"unknown network {arch!r}; choose from {', '.join(MODELS)}")
     return MODELS[arch](**model_args)
+
+
+def model_args(arch: str, num_classes: int, dropout: float) -> dict[str, Any]:
+    """The keyword arguments a run builds its network with (and stores in its checkpoints)."""
+    if arch == "simplecnn":
+        return {"num_classes": num_classes, "dropout": dropout}
+    return {"num_classes": num_classes}
+
+
+def prepare(model: nn.Module, images: torch.Tensor) -> None:
+    """Data-dependent initialization before the first step (airbench's whitening stem); images are the
+    normalized float [N, 3, H, W] training images it may look at (a few thousand)."""
+    if hasattr(model, "init_whitening"):
+        model.init_whitening(images)
+
+
+def frozen_parameters(model: nn.Module, epoch: int, whiten_bias_epochs: int) -> list[nn.Parameter]:
+    """Parameters that must not move in this (1-based) epoch: the whitening bias after its first epochs."""
+    if hasattr(model, "whitening_bias") and epoch > whiten_bias_epochs:
+        return [model.whitening_bias()]
+    return []

@@ -1,0 +1,94 @@
+"""Explanations: the exported Grad-CAM graph (explain.onnx, or explain.ts for the TorchScript runtime) and the
+overlay PNG a person looks at. numpy and PIL only on the ONNX path.
+
+The graph runs in its own single thread with one intra-op thread, so a burst of explanations (each heavier than
+a classification) queues there instead of taking the cores /classify's batcher uses.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+OVERLAY_SIZE = 160  # pixels on a side: 5x the 32x32 input, enough to see the heat
+ALPHA = 0.5
+
+
+def _colormap() -> np.ndarray:
+    """A 256-entry blue -> cyan -> yellow -> red ramp (uint8 [256, 3]), like matplotlib's 'jet' without matplotlib."""
+    x = np.linspace(0.0, 1.0, 256)
+    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+    return (np.stack([r, g, b], 1) * 255).round().astype(np.uint8)
+
+
+COLORS = _colormap()
+
+
+def overlay_png(pixels: np.ndarray, heat: np.ndarray, size: int = OVERLAY_SIZE) -> bytes:
+    """The image (uint8 [H, W, 3]) upscaled, with the heatmap ([H, W] in [0, 1]) blended over it, as PNG bytes."""
+    image = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    heat_up = np.asarray(Image.fromarray((heat * 255).clip(0, 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR))
+    color = COLORS[heat_up].astype(np.float32)  # [size, size, 3]
+    blended = ((1 - ALPHA) * image + ALPHA * color).round().clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(blended).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+class Explainer:
+    """uint8 [N, H, W, 3] and target int64 [N] (-1: top class) -> (heatmap [N, H, W], probabilities [N, C])."""
+
+    def __init__(self, model_dir: Path, runtime: str, device: str):
+        self.runtime = runtime
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar10-explain")
+        if runtime == "torchscript":
+            import torch
+
+            self.torch = torch
+            self.device = device
+            self.module = torch.jit.load(str(model_dir / "explain.ts"), map_location=device).eval()
+            self._run = self._run_torchscript
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else \
+                ["CPUExecutionProvider"]
+            self.session = ort.InferenceSession(str(model_dir / "explain.onnx"), opts, providers=providers)
+            self._run = self._run_onnx
+
+    def _run_onnx(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        heat, probs = self.session.run(["heatmap", "probabilities"], {"image": images, "target": target})
+        return heat, probs
+
+    def _run_torchscript(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            heat, probs = self.module(torch.from_numpy(images).to(self.device),
+                                      torch.from_numpy(target).to(self.device))
+        return heat.float().cpu().numpy(), probs.float().cpu().numpy()
+
+    def __call__(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run(images, target)
+
+    async def explain(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+        """(heatmap [H, W], probabilities [C]) of one image, computed off the event loop."""
+        loop = asyncio.get_running_loop()
+        heat, probs = await loop.run_in_executor(self._executor, self._run, pixels[None],
+                                                 np.array([target], dtype=np.int64))
+        return heat[0], probs[0]

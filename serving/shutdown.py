@@ -1,0 +1,148 @@
+"""Graceful shutdown: on SIGTERM or SIGINT, /readyz turns 503, the service keeps answering for
+CIFAR10_SHUTDOWN_DELAY seconds (so a load balancer stops sending), then stops taking connections without
+dropping one it already took, answers everything in flight, and exits.
+
+Why this is needed: `bentoml serve` (circus) opens the listening socket in its arbiter process and passes it
+to the workers. When a worker's uvicorn stops on SIGTERM it closes only its own copy: the kernel keeps
+completing TCP handshakes into the socket's accept queue, nobody accepts them, and when the arbiter exits the
+kernel resets every one of them ("connection reset by peer" for requests the clients saw accepted). Neither
+BentoML nor uvicorn has a setting for this. So, in the worker, after the delay:
+
+1. a socket filter (classic BPF: drop every packet) is attached to the listening socket: new handshakes stop
+   completing (the clients' SYNs go unanswered) while connections already queued stay;
+2. uvicorn keeps accepting until the accept queue is empty (TCP_INFO's tcpi_unacked of a listening socket);
+3. uvicorn is told to exit (its own SIGTERM handler): it stops accepting and waits for open requests, each
+   bounded by the service's 30 s request timeout;
+4. the listening socket is shut down, so later connection attempts are refused at once instead of hanging.
+
+Linux only for 1, 2 and 4 (elsewhere: the delay, then uvicorn's own shutdown).
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any, Callable, Optional
+
+log = logging.getLogger("bentoml.cifar10_service")
+SO_ATTACH_FILTER = 26
+TCP_INFO_UNACKED_OFFSET = 24  # struct tcp_info: 8 one-byte fields, then tcpi_rto, ato, snd_mss, rcv_mss, unacked
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def drop_new_connections(sock: socket.socket) -> None:
+    """Attach `ret #0` (drop every packet) to a listening socket: connections already queued are unaffected."""
+    program = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
+    fprog = _SockFprog(1, ctypes.cast(program, ctypes.POINTER(_SockFilter)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))  # the kernel copies the program here
+
+
+def accept_queue_length(sock: socket.socket) -> int:
+    """Connections a listening socket has completed but nobody has accepted yet (Linux)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, TCP_INFO_UNACKED_OFFSET)[0]
+
+
+def listening_socket() -> Optional[socket.socket]:
+    """This worker's listening socket (a duplicate of the fd BentoML's arbiter passed with --fd)."""
+    fds = []
+    if "--fd" in sys.argv:
+        try:
+            fds.append(int(sys.argv[sys.argv.index("--fd") + 1]))
+        except (IndexError, ValueError):
+            pass
+    fds += range(3, 64)
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    return None
+
+
+class GracefulShutdown:
+    """Installed in each worker: wraps uvicorn's SIGTERM/SIGINT handlers with the drain described above."""
+
+    def __init__(self, delay: float, on_begin: Callable[[], None]):
+        self.delay = delay
+        self.on_begin = on_begin  # e.g. the service marking itself not ready
+        self.started = False
+        self.previous: dict[int, Any] = {}
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def install(self) -> bool:
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave uvicorn's handlers alone
+            log.warning("graceful shutdown drain not installed (not in the main thread)")
+            return False
+        return True
+
+    def _handle(self, sig: int, frame: Any) -> None:
+        if self.started:
+            # A worker often gets SIGTERM twice (from the arbiter stopping it, and from a kill of the whole process
+            # group): the drain goes on. A second SIGINT (Ctrl-C again) is the way to force the exit, as in uvicorn.
+            if sig == signal.SIGINT:
+                self._forward(sig, frame)
+            return
+        self.started = True
+        self.on_begin()
+        log.info("%s received: /readyz is 503; draining for %.1f s, then closing the listener",
+                 signal.Signals(sig).name, self.delay)
+        if self.loop is None or self.loop.is_closed():
+            self._forward(sig, frame)
+            return
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain(sig, frame)))
+
+    def _forward(self, sig: int, frame: Any) -> None:
+        handler = self.previous.get(sig)
+        if callable(handler):
+            handler(sig, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    async def _drain(self, sig: int, frame: Any) -> None:
+        await asyncio.sleep(self.delay)
+        sock = listening_socket() if sys.platform.startswith("linux") else None
+        if sock is not None:
+            try:
+                drop_new_connections(sock)
+                deadline = time.monotonic() + 2.0
+                while accept_queue_length(sock) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)  # uvicorn accepts the queued connections meanwhile
+            except OSError as exc:
+                log.warning("could not stop new connections before closing (%s)", exc)
+        self._forward(sig, frame)  # uvicorn: stop accepting, finish open requests, exit
+        if sock is not None:
+            await asyncio.sleep(0.3)  # uvicorn's main loop looks at its exit flag every 0.1 s
+            try:
+                sock.shutdown(socket.SHUT_RD)  # the listener itself: later connections are refused at once
+            except OSError:
+                pass
+            sock.close()

@@ -1,0 +1,200 @@
+"""The HTTP API beyond multipart: its documentation at / and /docs.json, BentoML's own clients, and the raw and
+JSON encodings with every refusal of the multipart one (against a real `bentoml serve`)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import CIFAR10_CLASSES, cifar_test_images, encode, png_claiming
+from serving import openapi
+from serving.api import ROUTES
+from serving.errors import CODES
+
+IMG = cifar_test_images(1)[3]  # a cat
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def test_the_openapi_document_is_valid_and_covers_every_route(http):
+    from openapi_spec_validator import validate
+
+    doc = http.get("/docs.json").json()
+    validate(doc)
+    paths = set(doc["paths"])
+    ours = {r.path for r in ROUTES if "{" not in r.path}
+    bentoml_own = {"/readyz", "/livez", "/metrics", "/schema.json"}
+    assert ours | bentoml_own <= paths, (ours | bentoml_own) - paths
+    for path in paths:  # and everything documented answers
+        method = "post" if "get" not in doc["paths"][path] else "get"
+        if method == "get":
+            assert http.get(path).status_code == 200, path
+    # Every error code a client can get is documented, with its status, on the endpoints that give it.
+    classify = doc["paths"]["/classify"]["post"]
+    documented = " ".join(r["description"] for r in classify["responses"].values())
+    for code in openapi.IMAGE_ERRORS:
+        assert f"`{code}`" in documented and str(CODES[code][0]) in classify["responses"]
+    assert set(classify["requestBody"]["content"]) == {"multipart/form-data", "image/*", "application/octet-stream",
+                                                      "application/json"}
+    assert "SimpleCNN" in doc["info"]["description"] and "cat" in doc["info"]["description"]
+
+
+def test_swagger_ui_at_root_with_offline_assets_and_links_between_pages(http):
+    page = http.get("/")
+    assert page.status_code == 200 and "swagger-ui" in page.text and 'href="ui"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from the internet
+    for name in openapi_assets(page.text):
+        r = http.get(name)
+        assert r.status_code == 200 and len(r.content) > 1000, name
+    assert http.get("/docs/static/../../etc/passwd").status_code == 404
+    assert 'href="./"' in http.get("/ui").text
+
+
+def openapi_assets(html: str) -> list[str]:
+    import re
+    return ["/" + p for p in re.findall(r'(?:src|href)="(docs/static/[^"]+)"', html)]
+
+
+def test_bentoml_sync_client_sees_the_routes(server):
+    import bentoml
+
+    expected = httpx.post(f"{server.url}/classify", files={"image": (IMG.name, IMG.read_bytes(), "image/jpeg")},
+                          data={"top_k": "3"}).json()
+    with bentoml.SyncHTTPClient(server.url) as client:
+        got = client.classify(image=Path(IMG), top_k=3)
+        assert got == expected
+        batch = client.classify_batch(images=[Path(p) for p in cifar_test_images(1)[:3]])
+        assert [b["label"] for b in batch] == [expected["label"] if p == IMG else b["label"]
+                                               for b, p in zip(batch, cifar_test_images(1)[:3], strict=True)]
+        assert len(batch) == 3 and client.model_info()["classes"] == CIFAR10_CLASSES
+
+
+def test_bentoml_async_client_sees_the_routes(server):
+    import bentoml
+
+    async def go():
+        async with bentoml.AsyncHTTPClient(server.url) as client:
+            return await client.classify(image=Path(IMG), top_k=2)
+
+    got = asyncio.run(go())
+    assert len(got["top_k"]) == 2 and got["label"] in CIFAR10_CLASSES
+
+
+def _json_body(data: bytes, **extra) -> dict:
+    return {"json": {"image": base64.b64encode(data).decode(), **extra}}
+
+
+def _raw_body(data: bytes, **extra) -> dict:
+    return {"content": data, "headers": {"content-type": "image/jpeg"},
+            "params": {k: str(v) for k, v in extra.items()}}
+
+
+def _multipart(data: bytes, **extra) -> dict:
+    return {"files": {"image": ("x", data, "application/octet-stream")}, "data": {k: str(v) for k, v in extra.items()}}
+
+
+ENCODINGS = {"multipart": _multipart, "raw": _raw_body, "json": _json_body}
+
+
+def test_the_three_encodings_give_the_same_answer(http):
+    answers = [http.post("/classify", **enc(IMG.read_bytes(), top_k=5)).json() for enc in ENCODINGS.values()]
+    assert answers[0]["top_k"] and len(answers[0]["top_k"]) == 5
+    assert answers[0] == answers[1] == answers[2]
+    # curl -T sends a PUT without a content type; curl --data-binary a form type: both are the raw image.
+    put = http.put("/classify", content=IMG.read_bytes()).json()
+    form_typed = http.post("/classify", content=IMG.read_bytes(),
+                           headers={"content-type": "application/x-www-form-urlencoded"}).json()
+    assert (put["label"], put["confidence"]) == (form_typed["label"], form_typed["confidence"]) == \
+        (answers[0]["label"], answers[0]["confidence"])
+    data_url = "data:image/jpeg;base64," + base64.b64encode(IMG.read_bytes()).decode()
+    assert http.post("/classify", json={"image": data_url}).json()["label"] == answers[0]["label"]
+
+
+def _huge(limit_mb: int = 10) -> bytes:
+    return b"\xff\xd8" + b"\0" * (limit_mb * 1024 * 1024 + 10)
+
+
+REFUSALS = {
+    "text file": (lambda: b"this is not an image\n", {}, 400, "not_an_image"),
+    "truncated": (lambda: IMG.read_bytes()[:300], {}, 400, "corrupt_image"),
+    "empty": (lambda: b"", {}, 400, "empty_file"),
+    "bomb": (lambda: png_claiming(50_000, 50_000), {}, 413, "image_too_large"),
+    "over the upload limit": (_huge, {}, 413, "payload_too_large"),
+    "top_k 0": (lambda: IMG.read_bytes(), {"top_k": 0}, 400, "invalid_top_k"),
+    "top_k 11": (lambda: IMG.read_bytes(), {"top_k": 11}, 400, "invalid_top_k"),
+    "top_k text": (lambda: IMG.read_bytes(), {"top_k": "many"}, 400, "invalid_top_k"),
+}
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_every_refusal_in_every_encoding(http, encoding, case):
+    make, extra, status, code = REFUSALS[case]
+    r = http.post("/classify", **ENCODINGS[encoding](make(), **extra))
+    assert (r.status_code, r.json()["code"]) == (status, code), r.text
+    assert http.post("/classify", **_multipart(IMG.read_bytes())).status_code == 200  # still answering
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, "malformed_json"),
+    ({"json": ["a", "list"]}, "malformed_json"),
+    ({"json": {"image": "https://example.com/cat.jpg"}}, "invalid_base64"),
+    ({"json": {"image": 42}}, "invalid_base64"),
+    ({"json": {"image": base64.b64encode(b"x").decode(), "url": "y"}}, "unknown_field"),
+    ({"json": {"top_k": 3}}, "missing_field"),
+    ({"json": {"image": base64.b64encode(IMG.read_bytes()).decode(), "top_k": True}}, "invalid_top_k"),
+])
+def test_json_refusals(http, body, code):
+    r = http.post("/classify", **body)
+    assert r.status_code == 400 and r.json()["code"] == code, r.text
+
+
+def test_a_json_body_over_the_limit_is_refused_before_parsing(http):
+    body = b'{"image": "' + b"A" * (14 * 1024 * 1024) + b'"}'  # base64 of > 10 MiB, as the bytes arrive
+    r = http.post("/classify", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+
+def test_batch_in_json_keeps_order_and_refuses_a_raw_body(http):
+    files = cifar_test_images(1)[:4]
+    images = [base64.b64encode(p.read_bytes()).decode() for p in files]
+    got = http.post("/classify_batch", json={"images": images, "top_k": 1}).json()
+    single = [http.post("/classify", **_multipart(p.read_bytes())).json()["label"] for p in files]
+    assert [g["label"] for g in got] == single and all(len(g["top_k"]) == 1 for g in got)
+    r = http.post("/classify_batch", content=files[0].read_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+    r = http.post("/classify_batch", json={"images": images[0]})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_base64"
+
+
+def test_a_png_made_here_in_every_encoding(http):
+    png = encode(Image.new("RGB", (64, 48), (200, 30, 30)), "PNG")
+    labels = {http.post("/classify", **enc(png)).json()["label"] for enc in ENCODINGS.values()}
+    assert len(labels) == 1
+
+
+def test_every_code_the_api_can_send_is_documented():
+    # Every RequestError code in the serving package is in CODES (RequestError refuses others at once).
+    import re
+
+    source = "".join(p.read_text() for p in (Path(__file__).parents[1] / "serving").glob("*.py"))
+    used = set(re.findall(r'RequestError\(\d+, "([a-z_]+)"', source)) | {"invalid_top_k", "invalid_target"}
+    assert used <= set(CODES), used - set(CODES)
+
+
+def test_io_is_not_fetched_for_urls(http):
+    # A URL in a multipart text field is refused, never fetched (as before), and so is a URL in JSON.
+    r = http.post("/classify", data={"image": "http://127.0.0.1:1/cat.jpg"},
+                  files={"other": ("x", io.BytesIO(b"x"))})
+    assert r.status_code == 400 and r.json()["code"] == "not_a_file"
+    assert json.loads(http.post("/classify", json={"image": "http://127.0.0.1:1/x"}).text)["code"] == "invalid_base64"

@@ -1,0 +1,105 @@
+"""Graceful shutdown's socket steps (serving/shutdown.py) on plain loopback sockets, and the order of events on a
+real `bentoml serve` under SIGTERM."""
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from serving.shutdown import accept_queue_length, drop_new_connections
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
+
+
+def _connect(port: int, timeout: float) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def test_the_filter_stops_new_handshakes_but_keeps_queued_connections():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    queued = _connect(port, 2)
+    time.sleep(0.05)
+    assert accept_queue_length(listener) == 1
+    drop_new_connections(listener)
+    with pytest.raises((TimeoutError, socket.timeout)):
+        _connect(port, 0.5)  # its SYN is dropped: no handshake, no reset
+    conn, _ = listener.accept()  # the one that was queued is still there
+    queued.sendall(b"ping")
+    assert conn.recv(4) == b"ping"
+    assert accept_queue_length(listener) == 0
+    listener.shutdown(socket.SHUT_RD)  # stops listening for every holder of the socket
+    with pytest.raises(ConnectionRefusedError):
+        _connect(port, 2)
+    for s in (queued, conn, listener):
+        s.close()
+
+
+def test_sigterm_turns_readyz_503_while_still_answering_then_exits_0(bento_home):
+    import signal
+
+    from conftest import Server, cifar_test_images
+
+    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_SHUTDOWN_DELAY": "2"})
+    image = cifar_test_images(1)[0].read_bytes()
+    try:
+        assert httpx.get(f"{srv.url}/readyz").status_code == 200
+        srv.proc.send_signal(signal.SIGTERM)  # the arbiter only, as docker stop and Kubernetes do
+        deadline = time.time() + 1.5
+        statuses = set()
+        while time.time() < deadline:
+            statuses.add(httpx.get(f"{srv.url}/readyz").status_code)
+            r = httpx.post(f"{srv.url}/classify", files={"image": ("x.jpg", image, "image/jpeg")})
+            assert r.status_code == 200  # still answering during the delay
+            time.sleep(0.1)
+        assert 503 in statuses
+        assert srv.proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{srv.url}/readyz", timeout=2)
+    finally:
+        srv.stop()
+    assert "draining for 2.0 s" in srv.log.read_text()
+
+
+def test_requests_in_flight_at_sigterm_are_all_answered(bento_home):
+    import signal
+
+    from conftest import Server, cifar_test_images
+
+    srv = Server("serving.service:CIFAR10Classifier", bento_home, {"CIFAR10_SHUTDOWN_DELAY": "0"})
+    image = cifar_test_images(1)[0].read_bytes()
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:  # a new connection per request, as hey -disable-keepalive
+                with httpx.Client(timeout=30) as c:
+                    r = c.post(f"{srv.url}/classify", files={"image": ("x.jpg", image, "image/jpeg")})
+                outcomes.append(str(r.status_code))
+            except httpx.ConnectError as exc:
+                outcomes.append("refused" if "refused" in str(exc).lower() else f"connect: {exc}")
+                time.sleep(0.01)
+            except httpx.HTTPError as exc:  # reset, read error, timeout: accepted and not answered
+                outcomes.append(f"lost: {type(exc).__name__} {exc}")
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        srv.stop()
+    lost = [o for o in outcomes if o not in ("200", "refused")]
+    assert outcomes.count("200") > 20 and not lost, lost[:5]
