@@ -12,6 +12,7 @@ import io
 import mimetypes
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Union
@@ -160,8 +161,15 @@ class Client:
                            str(response.url))
 
     def classify(self, image: ImageInput, top_k: int = 3) -> Prediction:
-        files = {"image": image_part(image)}
-        body = self._json(self._request("POST", "/classify", files=files, data={"top_k": str(top_k)}))
+        # The image as the raw body: the service's cheapest encoding (905 against 764 req/s for multipart at
+        # c=32 in docs/serving.md's load test). A type that is not image/* goes as octet-stream, so the
+        # service decodes it and answers not_an_image rather than refusing the media type.
+        name, data, ctype = image_part(image)
+        headers = {"Content-Type": ctype if ctype.startswith("image/") else "application/octet-stream",
+                   # the name the service's error messages use, as multipart's filename would carry it
+                   "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"}
+        body = self._json(self._request("POST", "/classify", content=data, params={"top_k": str(top_k)},
+                                        headers=headers))
         return Prediction.from_json(body)
 
     def classify_batch(self, images: Iterable[ImageInput], top_k: int = 3) -> list[Prediction]:

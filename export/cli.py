@@ -18,7 +18,7 @@ from training.checkpoint import CheckpointError, load_checkpoint
 from training.data import DataError, load_split
 
 from .calibration import calibrate, reliability_plot
-from .explain import LAYERS, Explainer, autograd_cam, cam_for
+from .explain import LAYERS, Explainer, activation_of, autograd_cam, cam_for
 from .graphs import export_onnx, export_torchscript, load_torchscript
 from .metadata import build_metadata
 from .parity import compare, explain_report, failures, onnx_runner, run_explain, torch_runner
@@ -207,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
                              calibration["temperature"], f"{meta.model_name}, {len(held)} held-out test images")
             report["calibration"] = calibration
             meta.calibration = calibration
-        meta.explanation = {"method": "Grad-CAM", "layer": LAYERS[ckpt.arch], "onnx": "explain.onnx",
+        with torch.no_grad():  # the explained activation's grid, which the heatmap is upsampled from
+            grid = list(activation_of(ckpt.arch, wrapper.model, _normalized(wrapper, images[:1])).shape[2:])
+        meta.explanation = {"method": "Grad-CAM", "layer": LAYERS[ckpt.arch], "grid": grid, "onnx": "explain.onnx",
                             "torchscript": "explain.ts", "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]

@@ -18,6 +18,8 @@ import base64
 import binascii
 import json
 import logging
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +35,7 @@ from contract.images import ImageError, decode
 
 from . import fastlane, openapi
 from .errors import RequestError
-from .explain import data_url, overlay_png
+from .explain import data_url
 
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("bentoml.cifar10_service")
@@ -114,11 +116,24 @@ async def parse(request: Request, field: str, limit: int, extra: tuple[str, ...]
         return _parse_json(await _read_body(request, limit * 4 // 3 + JSON_OVERHEAD), field, limit, extra)
     if raw_ok and _is_raw(media):
         data = await _read_body(request, limit)
-        return Parsed([(data, "image")], {k: request.query_params.get(k) for k in extra})
+        return Parsed([(data, _raw_name(request))], {k: request.query_params.get(k) for k in extra})
     if not raw_ok and _is_raw(media):
         raise RequestError(415, "unsupported_media_type", f"a raw body holds one image; send several as "
                            f"multipart '{field}' parts or as JSON {{\"{field}\": [\"<base64>\", ...]}}")
     raise RequestError(415, "unsupported_media_type", f"{ENCODINGS}, not {media or 'a body without a content type'}")
+
+
+def _raw_name(request: Request) -> str:
+    """A raw body's file name, for error messages: Content-Disposition's filename* (RFC 6266) or filename, as
+    `curl -H 'Content-Disposition: attachment; filename="cat.jpg"'` and clients.Client send it; else "image"."""
+    header = request.headers.get("content-disposition", "")
+    match = re.search(r"filename\*\s*=\s*UTF-8''([^;\s]+)", header, re.I)
+    name = urllib.parse.unquote(match.group(1)) if match else None
+    if name is None:
+        match = re.search(r'filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))', header, re.I)
+        name = (match.group(1) or match.group(2)) if match else None
+    name = Path(name.replace("\\", "/")).name if name else ""
+    return "".join(c for c in name if c.isprintable())[:200] or "image"
 
 
 async def _parse_multipart(request: Request, field: str, limit: int, extra: tuple[str, ...]) -> Parsed:
@@ -246,9 +261,8 @@ async def explain(request: Request) -> Response:
     target = target_index(req.fields["target"], svc.classes)
     data, name = req.images[0]
     pixels = _decode(data, svc, name)
-    heat, probs = await svc.explainer.explain(pixels, target)
+    heat, probs, png = await svc.explainer.explain(pixels, target)
     chosen = int(probs.argmax()) if target < 0 else target
-    png = overlay_png(pixels, heat)
     if "image/png" in request.headers.get("accept", ""):
         return Response(png, media_type="image/png")
     body = svc.answer(probs, k, count=False)

@@ -86,9 +86,12 @@ class Explainer:
     def __call__(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._run(images, target)
 
-    async def explain(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-        """(heatmap [H, W], probabilities [C]) of one image, computed off the event loop."""
+    def _explain_one(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+        heat, probs = self._run(pixels[None], np.array([target], dtype=np.int64))
+        return heat[0], probs[0], overlay_png(pixels, heat[0])
+
+    async def explain(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+        """(heatmap [H, W], probabilities [C], overlay PNG) of one image. All of it runs in the explainer's
+        thread: the overlay's resize and PNG encoding (about 10 ms) on the event loop would stall /classify."""
         loop = asyncio.get_running_loop()
-        heat, probs = await loop.run_in_executor(self._executor, self._run, pixels[None],
-                                                 np.array([target], dtype=np.int64))
-        return heat[0], probs[0]
+        return await loop.run_in_executor(self._executor, self._explain_one, pixels, target)

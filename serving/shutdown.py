@@ -133,6 +133,9 @@ class GracefulShutdown:
         if sock is not None:
             try:
                 drop_new_connections(sock)
+                # Handshakes already answered (SYN-ACK sent) may still complete into the queue for a moment;
+                # with 2 workers on one socket, 1 of 10 runs at c=32 lost a request without this pause.
+                await asyncio.sleep(0.05)
                 deadline = time.monotonic() + 2.0
                 while accept_queue_length(sock) and time.monotonic() < deadline:
                     await asyncio.sleep(0.005)  # uvicorn accepts the queued connections meanwhile

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import CIFAR10_CLASSES, cifar_test_images, encode, png_claiming
 from serving import openapi
-from serving.api import ROUTES
+from serving.api import ROUTES, _raw_name
 from serving.errors import CODES
 
 IMG = cifar_test_images(1)[3]  # a cat
@@ -198,3 +198,22 @@ def test_io_is_not_fetched_for_urls(http):
                   files={"other": ("x", io.BytesIO(b"x"))})
     assert r.status_code == 400 and r.json()["code"] == "not_a_file"
     assert json.loads(http.post("/classify", json={"image": "http://127.0.0.1:1/x"}).text)["code"] == "invalid_base64"
+
+
+@pytest.mark.parametrize("header, name", [
+    ('attachment; filename="notes.txt"', "notes.txt"),
+    ("attachment; filename*=UTF-8''caf%C3%A9.jpg", "café.jpg"),
+    ("inline; filename=../../etc/passwd", "passwd"),
+    ("attachment", "image"),
+    (None, "image"),
+])
+def test_a_raw_body_is_named_by_content_disposition(header, name):
+    class Headers:
+        headers = {"content-disposition": header} if header else {}
+    assert _raw_name(Headers()) == name
+
+
+def test_a_raw_body_error_names_the_file(http):
+    r = http.post("/classify", content=b"not an image", headers={
+        "Content-Type": "application/octet-stream", "Content-Disposition": 'attachment; filename="notes.txt"'})
+    assert r.status_code == 400 and r.json()["code"] == "not_an_image" and r.json()["error"].startswith("notes.txt:")
