@@ -27,11 +27,9 @@ import numpy as np
 KEEP_FP32 = ("Softmax", "Cast", "QuantizeLinear", "DequantizeLinear")
 
 
-def op_types(path: Path) -> list[str]:
+def op_types(nodes) -> list[str]:
     """The operator types of the graph to quantize: all it has (quantize_static's own default) but KEEP_FP32."""
-    import onnx
-
-    return sorted({node.op_type for node in onnx.load(str(path)).graph.node} - set(KEEP_FP32))
+    return sorted({node.op_type for node in nodes} - set(KEEP_FP32))
 
 
 class ImageBatches:
@@ -48,20 +46,19 @@ class ImageBatches:
         pass
 
 
-def preprocessing_nodes(path: Path) -> list[str]:
+def preprocessing_nodes(nodes) -> list[str]:
     """The nodes before the first convolution (uint8 -> float, layout, normalization, TTA flips and shifts).
     In int8 they became QLinearMul/Sub pairs around the input: 15% of SimpleCNN's int8 time in ORT's profile
     (2026-11-29); left in fp32, SimpleCNN's int8 graph ran 1.09x fp32 instead of 0.94x (same run), airbench's
     the same (1.45x)."""
-    import onnx
-
-    nodes = onnx.load(str(path)).graph.node  # topologically sorted, as ONNX requires
+    # `nodes` are topologically sorted, as ONNX requires.
     first = next((i for i, node in enumerate(nodes) if node.op_type == "Conv"), 0)
     return [node.name for node in nodes[:first] if node.name]
 
 
 def quantize(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -> dict[str, object]:
     """Write int8_path from fp32_path; returns what was done (for metadata.json and the report)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -74,10 +71,11 @@ def quantize(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(fp32_path), str(prepared))
+                nodes = onnx.load(str(prepared)).graph.node
                 quantize_static(str(prepared), str(int8_path), ImageBatches(calibration_images),
-                                nodes_to_exclude=preprocessing_nodes(prepared),
+                                nodes_to_exclude=preprocessing_nodes(nodes),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, op_types_to_quantize=op_types(prepared), reduce_range=True,
+                                weight_type=QuantType.QInt8, op_types_to_quantize=op_types(nodes), reduce_range=True,
                                 calibrate_method=CalibrationMethod.MinMax)
         finally:
             quiet.setLevel(level)
