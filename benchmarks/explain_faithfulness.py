@@ -1,4 +1,4 @@
-"""Are the Grad-CAM heatmaps faithful? Hide what they point at, and see the model lose confidence.
+"""Are the heatmaps (Grad-CAM, LayerCAM) faithful? Hide what they point at, and see the model lose confidence.
 
   python benchmarks/explain_faithfulness.py --artifacts artifacts [--data DIR] [--images 500] [--fraction 0.25]
 
@@ -123,18 +123,20 @@ def main() -> int:
 
     print(f"{meta['model_name']} ({meta['architecture']}), {n} test images, {args.fraction:.0%} of the pixels hidden "
           f"with the mean colour {fill.tolist()}, explained class = top class")
-    print(f"Grad-CAM at {meta['explanation']['layer']}")
+    method = meta["explanation"].get("method", "Grad-CAM")
+    print(f"{method} at {meta['explanation']['layer']}")
     print(f"{'hidden pixels':<26} | {'mean p(target)':>14} | {'mean drop':>9}")
     print("-" * 56)
     print(f"{'none':<26} | {p0.mean():>14.4f} | {'':>9}")
-    print(f"{'hottest by Grad-CAM':<26} | {p_heat.mean():>14.4f} | {drop_heat:>9.4f}")
+    print(f"{'hottest by ' + method:<26} | {p_heat.mean():>14.4f} | {drop_heat:>9.4f}")
     print(f"{'random (' + str(args.random_masks) + ' masks)':<26} | {p_random.mean():>14.4f} | {drop_random:>9.4f}")
     if grid:
         print(f"{'random regions (' + 'x'.join(map(str, grid)) + ' grid)':<26} | {p_region.mean():>14.4f} | "
               f"{drop_region:>9.4f}")
     print(f"ratio against random pixels {ratio:.2f} (target >= 1.5): {'met' if ratio >= 1.5 else 'NOT met'}"
           + (f"; against random regions {region_ratio:.2f}" if grid else "") + f"; {seconds:.1f}s")
-    print(json.dumps({"model": meta["model_name"], "architecture": meta["architecture"], "images": int(n),
+    print(json.dumps({"model": meta["model_name"], "architecture": meta["architecture"], "method": method,
+                      "images": int(n),
                       "fraction": args.fraction, "mean_p": round(float(p0.mean()), 4),
                       "mean_p_heat_hidden": round(float(p_heat.mean()), 4),
                       "mean_p_random_hidden": round(float(p_random.mean()), 4), "drop_heat": round(drop_heat, 4),

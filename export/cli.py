@@ -15,10 +15,10 @@ import torch
 from contract.provenance import git_commit, sha256_file
 from contract.schemas import ModelMetadata
 from training.checkpoint import CheckpointError, load_checkpoint
-from training.data import DataError, load_split
+from training.data import DataError, holdout, load_split
 
-from .calibration import calibrate, reliability_plot
-from .explain import LAYERS, Explainer, activation_of, autograd_cam, cam_for
+from .calibration import calibrate, calibrate_on, reliability_plot
+from .explain import LAYERS, METHODS, Explainer, activation_of, at_kink, autograd_cam, cam_for
 from .graphs import export_onnx, export_torchscript, load_torchscript
 from .metadata import build_metadata
 from .parity import compare, explain_report, failures, onnx_runner, run_explain, torch_runner
@@ -49,8 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
                    help="do not fit a temperature (probabilities = softmax(logits), as trained)")
     p.add_argument("--calibration-images", type=int, default=None, metavar="N",
-                   help="test images for calibration: a seeded half fits the temperature, the other half reports "
-                   "(default: the whole test split; minimum 1000)")
+                   help="test images the calibration figures use (default: the whole test split; minimum 1000). A "
+                   "checkpoint trained with --val-split fits the temperature on its held-out training images and "
+                   "reports on these; otherwise a seeded half of these fits it and the other half reports")
     p.add_argument("--no-int8", dest="int8", action="store_false",
                    help="do not write model.int8.onnx (ONNX Runtime static quantization, see docs/export.md)")
     p.add_argument("--int8-max-drop", type=float, default=0.5, metavar="POINTS",
@@ -142,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
         cal_images, cal_labels = test.images[chosen], test.labels[chosen]
         all_logits = _eager_logits(wrapper, cal_images)
     if args.calibration:
-        calibration = calibrate(all_logits, cal_labels)
+        calibration = _calibrate(ckpt, data, wrapper, all_logits, cal_labels)
         wrapper.temperature.fill_(calibration["temperature"])
         before, after = calibration["before"], calibration["after"]
         say(f"  calibration  T = {calibration['temperature']:.4f}: ECE {100 * before['ece']:.2f}% -> "
             f"{100 * after['ece']:.2f}%, NLL {before['nll']:.4f} -> {after['nll']:.4f} "
-            f"({calibration['report_images']} held-out test images)")
+            f"(fit on {calibration['fit_images']} {calibration['fit_source']}, "
+            f"reported on {calibration['report_images']} test images)")
     explainer = Explainer(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
 
     # Everything is written and verified in a staging folder first; only a passing export replaces
@@ -161,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
         export_torchscript(explainer, staging / "explain.ts", meta)
         export_onnx(explainer, staging / "explain.onnx", args.opset, meta,
                     {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)}, ["heatmap", "probabilities"],
-                    f"{meta.model_name} Grad-CAM: uint8 [N,32,32,3] RGB, target int64 [N] (-1: top class) -> "
-                    "heatmap [N,32,32] in [0,1], probabilities")
+                    f"{meta.model_name} {METHODS[ckpt.arch]}: uint8 [N,32,32,3] RGB, target int64 [N] "
+                    "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities")
         runners = {
             "eager": torch_runner(wrapper),
             "torchscript": torch_runner(load_torchscript(staging / "model.ts")),
@@ -173,15 +175,19 @@ def run(args: argparse.Namespace) -> int:
         bad = failures(report, args.tolerance)
         _say_parity(say, report)
 
-        # The explanation graph (ONNX Runtime, as the CPU image serves it) against torch autograd Grad-CAM.
+        # The explanation graph (ONNX Runtime, as the CPU image serves it) against the torch autograd reference.
         classifier_probs = runners["onnxruntime"](images)[1]
         targets = classifier_probs.argmax(1)
         heat, probs = run_explain(str(staging / "explain.onnx"), images)
-        reference = autograd_cam(ckpt.arch, wrapper.model, _normalized(wrapper, images), torch.from_numpy(targets),
-                                 wrapper.image_size).numpy()
-        report["explanation"] = explain_report(heat, reference, probs, classifier_probs, LAYERS[ckpt.arch])
+        x = _normalized(wrapper, images)
+        reference = autograd_cam(ckpt.arch, wrapper.model, x, torch.from_numpy(targets), wrapper.image_size).numpy()
+        kinks = at_kink(ckpt.arch, wrapper.model, x).numpy()
+        report["explanation"] = explain_report(heat, reference, probs, classifier_probs, LAYERS[ckpt.arch],
+                                               METHODS[ckpt.arch], kinks)
         say(f"  explain.onnx max|Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} against autograd "
-            f"Grad-CAM ({n} images, {LAYERS[ckpt.arch].split(' ')[0]})")
+            f"{METHODS[ckpt.arch]} ({n - int(kinks.sum())} images, {LAYERS[ckpt.arch].split(' ')[0]}; "
+            f"{int(kinks.sum())} at a ReLU kink left out: "
+            f"{report['explanation']['max_abs_heatmap_diff_all']:.2e} with them)")
         if report["explanation"]["max_abs_heatmap_diff"] > args.tolerance:
             bad.append(f"explain.onnx: max |Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} > "
                        f"{args.tolerance:.0e}")
@@ -204,13 +210,15 @@ def run(args: argparse.Namespace) -> int:
         if calibration is not None:
             held = calibration.pop("_held")
             reliability_plot(staging / "reliability.png", all_logits[held], cal_labels[held],
-                             calibration["temperature"], f"{meta.model_name}, {len(held)} held-out test images")
+                             calibration["temperature"], f"{meta.model_name}, {len(held)} test images "
+                             f"(T fit on {calibration['fit_images']} {calibration['fit_source']})")
             report["calibration"] = calibration
             meta.calibration = calibration
         with torch.no_grad():  # the explained activation's grid, which the heatmap is upsampled from
             grid = list(activation_of(ckpt.arch, wrapper.model, _normalized(wrapper, images[:1])).shape[2:])
-        meta.explanation = {"method": "Grad-CAM", "layer": LAYERS[ckpt.arch], "grid": grid, "onnx": "explain.onnx",
-                            "torchscript": "explain.ts", "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
+        meta.explanation = {"method": METHODS[ckpt.arch], "layer": LAYERS[ckpt.arch], "grid": grid,
+                            "onnx": "explain.onnx", "torchscript": "explain.ts",
+                            "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]
         meta.files = {name: sha256_file(staging / name) for name in written if name != "metadata.json"}
@@ -224,6 +232,24 @@ def run(args: argparse.Namespace) -> int:
     if args.bentoml:
         print(f"saved to the BentoML model store as {_save_to_bentoml(out, meta, written)}")
     return 0
+
+
+def _calibrate(ckpt, data: str, wrapper: torch.nn.Module, test_logits: torch.Tensor,
+               test_labels: torch.Tensor) -> dict:
+    """Temperature scaling on the run's --val-split hold-out when it has one (all test images report), else on
+    a seeded half of the test images (the other half reports). See export/calibration.py."""
+    held_out = int(ckpt.config.get("val_split") or 0)
+    if not held_out:
+        result = calibrate(test_logits, test_labels)
+        result["fit_source"] = "test images (seeded half)"
+        return result
+    val = holdout(load_split(data, "train"), int(ckpt.config["seed"]), held_out)
+    result = calibrate_on(_eager_logits(wrapper, val.images), val.labels, test_logits, test_labels,
+                          torch.arange(len(test_labels)),
+                          f"the {held_out} training images the run held out (--val-split {held_out}, seed "
+                          f"{ckpt.config['seed']}) fit T; the test images report")
+    result["fit_source"] = "held-out training images"
+    return result
 
 
 def _int8(args: argparse.Namespace, data: str, staging: Path, images: np.ndarray, labels: np.ndarray,

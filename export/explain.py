@@ -1,13 +1,23 @@
-"""Grad-CAM as a graph of plain operations, so that ONNX Runtime (no torch, no autograd) can serve it.
+"""Class activation maps as a graph of plain operations, so that ONNX Runtime (no torch, no autograd) can serve them.
 
-Grad-CAM (Selvaraju et al., 2017) of class c at a convolutional activation A [K, h, w]:
-    alpha_k = mean over (i, j) of d y_c / d A_kij,     cam = ReLU(sum_k alpha_k A_k),
-upsampled to the input grid (bilinear) and divided by its maximum, so the heatmap lies in [0, 1].
+Both methods weigh a convolutional activation A [K, h, w] by the gradient of the class score y_c:
+    Grad-CAM (Selvaraju et al., 2017):  alpha_k = mean over (i, j) of dy_c/dA_kij,   cam = ReLU(sum_k alpha_k A_k)
+    LayerCAM (Jiang et al., 2021):      cam = ReLU(sum_k ReLU(dy_c/dA_k) * A_k)     (element-wise weights)
+then upsampled to the input grid (bilinear) and divided by its maximum, so the heatmap lies in [0, 1].
+Which one, and where, is chosen per network by measured faithfulness (METHODS, LAYERS; docs/experiments.md):
+for SimpleCNN, LayerCAM of the last block's pooled output hid more of what the network used (probability drop
+0.453) than Grad-CAM before the pool (0.367); for airbench's 3x3 map the two are equal (0.568, 0.559) and
+Grad-CAM stays. SimpleCNN is explained after its last max-pool, not before: there LayerCAM would route each
+gradient to its window's maximum, and where two values nearly tie, ONNX Runtime's and torch's last-bit
+differences pick different positions (2 images in 2,000 moved by 0.07), so the graph could not match autograd.
 
-Each network's explainer writes the gradient of the head (the layers after A) by hand. Max-pooling routes
-each pooled gradient to one input position, so the spatial SUM of d y / d A equals the sum of d y / d P over
-the pooled map P: alpha needs only the gradient at P, whatever the argmax positions (and ties) were.
-`autograd_cam` is the reference the export compares these graphs with.
+Each network's explainer writes the gradient of the head (the layers after A) by hand. For airbench's head
+(a max-pool over the whole map, then a linear layer), Grad-CAM needs only the spatial SUM of dy/dA, which
+equals the gradient at the pooled value whichever position held the maximum. `autograd_cam` is the reference
+the export compares these graphs with, except on images where a ReLU of the head sits at its kink (`at_kink`):
+there the gradient is undefined (either one-sided derivative is a valid answer), and which side a value falls
+on depends on last-bit differences between ONNX Runtime and torch (one image in 2,000 had a hidden unit at
+1.5e-8 and moved 0.004 (Grad-CAM) or 0.0015 (LayerCAM)).
 """
 from __future__ import annotations
 
@@ -20,8 +30,9 @@ from torch import nn
 from training.models import AirbenchNet, SimpleCNN
 
 # Where each network is explained (recorded in metadata.json).
-LAYERS = {"simplecnn": "features.2 (third conv block: conv-BN-ReLU, before its max-pool), 128 x 8 x 8",
+LAYERS = {"simplecnn": "features.2 (third conv block's output: conv-BN-ReLU-max-pool), 128 x 4 x 4",
           "airbench": "layers.2 (last conv group, after its second GELU), 256 x 3 x 3"}
+METHODS = {"simplecnn": "LayerCAM", "airbench": "Grad-CAM"}
 
 
 def normalize_heat(cam: torch.Tensor, size: int) -> torch.Tensor:
@@ -32,30 +43,27 @@ def normalize_heat(cam: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SimpleCNNCam(nn.Module):
-    """A = ReLU(BN(conv3(.))) of the third block, [N, 128, 8, 8]; head: maxpool -> fc1 -> ReLU -> fc2."""
+    """LayerCAM of A = the third block's output (after its max-pool), [N, 128, 4, 4]; head: fc1 -> ReLU -> fc2."""
 
     def __init__(self, model: SimpleCNN, size: int = 32):
         super().__init__()
-        self.trunk = nn.Sequential(model.features[0], model.features[1], model.features[2][0],
-                                   model.features[2][1], model.features[2][2])
-        self.pool = model.features[2][3]
+        self.trunk = model.features
         self.fc1, self.fc2 = model.classifier[1], model.classifier[4]
         self.size = size
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         a = self.trunk(x)  # [N, K, h, w]
         n, k, h, w = a.shape
-        hidden = self.fc1(self.pool(a).flatten(1))  # [N, 2048] -> [N, 256], before its ReLU
+        hidden = self.fc1(a.flatten(1))  # [N, K * h * w] -> [N, 256], before its ReLU
         logits = self.fc2(torch.relu(hidden))
         grad_hidden = self.fc2.weight[target] * (hidden > 0).to(hidden.dtype)  # [N, 256]
-        grad_pooled = grad_hidden @ self.fc1.weight  # [N, 2048] = [N, K * (h/2) * (w/2)]
-        alpha = grad_pooled.view(n, k, -1).sum(2) / (h * w)  # [N, K]
-        cam = torch.relu((alpha[:, :, None, None] * a).sum(1))  # [N, h, w]
+        grad_a = (grad_hidden @ self.fc1.weight).view(n, k, h, w)  # [N, K * h * w] -> [N, K, h, w]
+        cam = torch.relu((torch.relu(grad_a) * a).sum(1))  # [N, h, w]
         return normalize_heat(cam, self.size), logits
 
 
 class AirbenchCam(nn.Module):
-    """A = the last conv group's output, [N, 256, 3, 3]; head: maxpool over all of it -> linear x scale."""
+    """Grad-CAM of A = the last conv group's output, [N, 256, 3, 3]; head: maxpool over all of it -> linear x scale."""
 
     def __init__(self, model: AirbenchNet, size: int = 32):
         super().__init__()
@@ -77,37 +85,48 @@ CAMS = {"simplecnn": SimpleCNNCam, "airbench": AirbenchCam}
 
 def cam_for(arch: str, model: nn.Module, size: int) -> nn.Module:
     if arch not in CAMS:
-        raise KeyError(f"no Grad-CAM for the {arch!r} network")
+        raise KeyError(f"no explanation graph for the {arch!r} network")
     return CAMS[arch](model, size).eval()
 
 
 def activation_of(arch: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The explained activation A, computed by the network's own modules."""
     if arch == "simplecnn":
-        a = x
-        for layer in list(model.features[:2]) + list(model.features[2][:3]):
-            a = layer(a)
-        return a
+        return model.features(x)
     return model.layers(model.activ(model.whiten(x)))
 
 
 def head_of(arch: str, model: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """The logits from A: the rest of the network."""
     if arch == "simplecnn":
-        return model.classifier(model.features[2][3](a))
+        return model.classifier(a)
     return model.head(model.pool(a).flatten(1)) * model.logit_scale
 
 
+def at_kink(arch: str, model: nn.Module, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """bool [N]: images whose explanation crosses a ReLU within eps of zero (SimpleCNN's hidden layer; airbench's
+    head after A is max-pool and linear, whose Grad-CAM sum has no kink)."""
+    if arch != "simplecnn":
+        return torch.zeros(x.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        hidden = model.classifier[1](activation_of(arch, model, x).flatten(1))  # [N, 256], before the ReLU
+    return hidden.abs().amin(1) < eps
+
+
 def autograd_cam(arch: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, size: int) -> torch.Tensor:
-    """The textbook Grad-CAM with torch autograd: the reference for the explicit graphs."""
+    """The network's method (METHODS) with torch autograd, as the papers write it: the reference for the
+    explicit graphs."""
     model.eval()
     with torch.no_grad():
         a = activation_of(arch, model, x)
     a.requires_grad_(True)
     with torch.enable_grad():
         head_of(arch, model, a).gather(1, target[:, None]).sum().backward()
-    alpha = a.grad.mean((2, 3))  # [N, K]
-    cam = torch.relu((alpha[:, :, None, None] * a.detach()).sum(1))
+    if METHODS[arch] == "LayerCAM":
+        cam = torch.relu((torch.relu(a.grad) * a.detach()).sum(1))
+    else:
+        alpha = a.grad.mean((2, 3))  # [N, K]
+        cam = torch.relu((alpha[:, :, None, None] * a.detach()).sum(1))
     return normalize_heat(cam, size).detach()
 
 

@@ -82,9 +82,14 @@ def failures(report: dict[str, Any], tolerance: float) -> list[str]:
 
 
 def explain_report(heat: np.ndarray, reference: np.ndarray, probs: np.ndarray, classifier_probs: np.ndarray,
-                   layer: str) -> dict[str, Any]:
-    """The explanation graph against torch autograd Grad-CAM (heatmaps) and the classifier (probabilities)."""
-    return {"images": int(len(heat)), "layer": layer, "reference": "torch autograd Grad-CAM of the checkpoint",
-            "max_abs_heatmap_diff": float(np.abs(heat - reference).max()),
+                   layer: str, method: str, kinks: np.ndarray) -> dict[str, Any]:
+    """The explanation graph against the torch autograd reference (heatmaps) and the classifier (probabilities).
+    `max_abs_heatmap_diff` leaves out the images at a ReLU kink (bool [N], export/explain.py `at_kink`), where
+    the gradient is undefined; `max_abs_heatmap_diff_all` is over every image."""
+    diff = np.abs(heat - reference).reshape(len(heat), -1).max(1)  # [N]
+    return {"images": int(len(heat)), "layer": layer, "method": method,
+            "reference": f"torch autograd {method} of the checkpoint",
+            "images_at_relu_kink": int(kinks.sum()), "compared_images": int((~kinks).sum()),
+            "max_abs_heatmap_diff": float(diff[~kinks].max()), "max_abs_heatmap_diff_all": float(diff.max()),
             "max_abs_prob_diff": float(np.abs(probs - classifier_probs).max()),
             "heatmap_range": [float(heat.min()), float(heat.max())]}

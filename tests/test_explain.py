@@ -53,6 +53,35 @@ def test_grad_cam_of_a_hand_built_case():
     assert float(heat1[0, -1, -1]) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_layer_cam_of_a_hand_built_case():
+    # SimpleCNN's explained map A [1, 128, 4, 4] (the last block's pooled output): hidden unit 0 reads channel 0 at
+    # (1, 2), unit 1 reads channel 1 at (0, 0) and (3, 3); class 0 = unit 0 - unit 1.
+    a = torch.zeros(1, 128, 4, 4)
+    a[0, 0] = torch.arange(16.0).view(4, 4) / 10
+    a[0, 1, 0, 0], a[0, 1, 3, 3] = 2.0, 1.0
+    model = SimpleCNN().eval()
+    cam = SimpleCNNCam(model).eval()
+    cam.trunk = FixedMap(a)
+    with torch.no_grad():
+        cam.fc1.weight.zero_(), cam.fc1.bias.zero_(), cam.fc2.weight.zero_(), cam.fc2.bias.zero_()
+        cam.fc1.weight[0, 0 * 16 + 1 * 4 + 2] = 1.0  # flattened index k * 16 + row * 4 + col
+        cam.fc1.weight[1, 1 * 16 + 0 * 4 + 0], cam.fc1.weight[1, 1 * 16 + 3 * 4 + 3] = 1.0, 1.0
+        cam.fc2.weight[0, :2] = torch.tensor([1.0, -1.0])
+        heat, logits = cam(torch.zeros(1, 3, 32, 32), torch.tensor([0]))
+    assert torch.allclose(logits[0, 0], torch.tensor(0.6 - 3.0))
+    # The gradient is +1 at channel 0's (1, 2) and -1 at channel 1's two positions, which ReLU(gradient) drops:
+    # the map is channel 0's 0.6 at (1, 2) and nothing else. (Grad-CAM weighs whole channels: channel 0's positive
+    # mean gradient would light most of channel 0, peaking at (3, 2).)
+    expected = torch.zeros(4, 4)
+    expected[1, 2] = 0.6
+    assert torch.allclose(heat, normalize_heat(expected[None], 32))
+    # The same by autograd through the model's own head (cam shares its fc layers).
+    a = a.clone().requires_grad_(True)
+    model.classifier(a).gather(1, torch.tensor([[0]])).sum().backward()
+    by_autograd = normalize_heat(torch.relu((torch.relu(a.grad) * a.detach()).sum(1)), 32)
+    assert torch.allclose(heat, by_autograd, atol=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["simplecnn", "airbench"])
 def test_explicit_graphs_equal_autograd_on_trained_like_weights(arch):
     torch.manual_seed(0)
@@ -72,6 +101,26 @@ def test_explicit_graphs_equal_autograd_on_trained_like_weights(arch):
     assert heat.shape == (8, 32, 32) and heat.min() >= 0 and all(p == 0 or abs(p - 1) < 1e-6 for p in peaks.tolist())
 
 
+def test_images_at_a_relu_kink_are_found_and_left_out_of_the_heatmap_parity():
+    from export.explain import at_kink
+    from export.parity import explain_report
+
+    torch.manual_seed(0)
+    model = SimpleCNN().eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        hidden = model.classifier[1](model.features(x).flatten(1))
+        model.classifier[1].bias[7] -= hidden[2, 7]  # image 2's hidden unit 7 now sits at the ReLU's kink
+    assert at_kink("simplecnn", model, x).tolist() == [False, False, True, False]
+    assert not at_kink("airbench", AirbenchNet().eval(), x).any()
+    heat, reference = np.zeros((4, 32, 32)), np.zeros((4, 32, 32))
+    heat[1, 0, 0], heat[2, 5, 5] = 2e-6, 0.004  # the kink image may differ; the others must not
+    probs = np.full((4, 10), 0.1)
+    report = explain_report(heat, reference, probs, probs, "features.2", "LayerCAM", np.array([0, 0, 1, 0], bool))
+    assert report["max_abs_heatmap_diff"] == pytest.approx(2e-6) and report["max_abs_heatmap_diff_all"] == 0.004
+    assert report["images_at_relu_kink"] == 1 and report["compared_images"] == 3
+
+
 def test_temperature_scaling_fixes_an_over_confident_model():
     g = torch.Generator().manual_seed(0)
     true_logits = torch.randn(20000, 10, generator=g) * 2
@@ -89,6 +138,32 @@ def test_ece_of_a_hand_built_case():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
     assert ece(probs, labels) == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6))
+
+
+def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(brief_checkpoint, real_subset):
+    import dataclasses
+
+    from export.cli import _calibrate, _eager_logits
+    from export.wrapper import classifier_from_checkpoint
+    from training.checkpoint import load_checkpoint
+    from training.config import TrainConfig
+    from training.data import load_split, prepare_data
+
+    ckpt = load_checkpoint(brief_checkpoint)
+    ckpt = dataclasses.replace(ckpt, config={**ckpt.config, "val_split": 120, "seed": 3, "data": str(real_subset)})
+    wrapper = classifier_from_checkpoint(ckpt, brief_checkpoint)
+    test = load_split(real_subset, "test")
+    logits = _eager_logits(wrapper, test.images)
+    result = _calibrate(ckpt, str(real_subset), wrapper, logits, test.labels)
+    # The images the run held out, as training chose them, fit T; every test image reports.
+    _, val, _, _ = prepare_data(TrainConfig.from_dict(ckpt.config))
+    assert result["fit_images"] == 120 and result["report_images"] == len(test) == 300
+    assert result["temperature"] == pytest.approx(fit_temperature(_eager_logits(wrapper, val.images), val.labels))
+    assert "--val-split 120" in result["images"]
+    assert result["before"] == figures(logits, test.labels, 1.0)
+    # Without a hold-out, a seeded half of the test images fits and the other half reports.
+    plain = _calibrate(load_checkpoint(brief_checkpoint), str(real_subset), wrapper, logits, test.labels)
+    assert plain["fit_images"] == plain["report_images"] == 150
 
 
 def test_overlay_is_a_png_of_the_upscaled_image():

@@ -172,6 +172,17 @@ def _subset(split: Split, idx: torch.Tensor) -> Split:
     return Split(split.images[idx], split.labels[idx], split.classes)
 
 
+def split_order(n: int, seed: int) -> torch.Tensor:
+    """The seeded order of the n training images: its first `val_split` are the hold-out. The export stage
+    reproduces a checkpoint's hold-out from its config with this (seed, val_split)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def holdout(train: Split, seed: int, val_split: int) -> Split:
+    """The training images a run with this seed and --val-split held out (never trained on)."""
+    return _subset(train, split_order(len(train), seed)[:val_split])
+
+
 def prepare_data(cfg: TrainConfig, download: bool = False,
                  cache_dir: str | os.PathLike | None = None) -> tuple[Split, Split, Split, str]:
     """(train, validation, test, where validation comes from). Held-out and limited subsets are seeded."""
@@ -179,7 +190,7 @@ def prepare_data(cfg: TrainConfig, download: bool = False,
     test = load_split(cfg.data, "test", download=False, cache_dir=cache_dir)
     if test.classes != train.classes:
         raise DataError(f"train and test splits of {cfg.data} have different class folders")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+    order = split_order(len(train), cfg.seed)
     if cfg.val_split:
         if cfg.val_split >= len(train):
             raise ConfigError(f"--val-split {cfg.val_split} leaves no training images (the split has {len(train)})")
