@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q $(TEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(TEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/train_throughput.py

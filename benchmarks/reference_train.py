@@ -8,6 +8,17 @@ SimpleCNN defined here layer for layer, fp32, Adam(lr=1e-3), StepLR(10, 0.1), cr
 the test split after every epoch. Nothing from the project's training stage is used, so a difference
 between this and `python -m training` is a difference of the project's path.
 
+`--swap COMPONENT` (repeatable) replaces one component of this loop with the project's, to find which one
+moves the result (docs/experiments.md):
+  tensor-data    the project's decoded uint8 tensors (training.data) and its whole-batch flip + crop
+                 (training.augment), in a randperm order from a generator seeded once; no DataLoader
+  channels-last  the model and its input batches in channels_last memory order
+  fused-adam     Adam(fused=True), the project's optimizer kernel
+  epoch-seeds    with tensor-data: the project's seeding, every epoch torch.manual_seed(seed * 1_000_003 + epoch)
+                 (dropout) and a generator seeded the same for the order and the augmentation
+  epoch-seeds-split  the same, but dropout's stream seeded apart (+ 0x9E3779B9): the two streams no longer
+                 hold the same numbers
+
 Writes OUT/history.json with the fields `python -m training` writes (epoch, lr, train_loss, train_acc,
 val_loss, val_acc, seconds, img_s, epoch_seconds, samples), prints one line per epoch, a summary table,
 and as its last line one JSON object (best test accuracy and its epoch, final train loss/accuracy, images/s).
@@ -27,6 +38,7 @@ from torch import nn
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.247, 0.243, 0.261)
+SWAPS = ("tensor-data", "channels-last", "fused-adam", "epoch-seeds", "epoch-seeds-split")
 
 
 class SimpleCNN(nn.Module):
@@ -60,11 +72,53 @@ def loaders(data: Path, batch_size: int, workers: int):
             torch.utils.data.DataLoader(test, batch_size=1000, shuffle=False, num_workers=workers))
 
 
-def train_epoch(model, loader, optimizer) -> dict:
+class TensorBatches:
+    """The project's data path as an iterable of (x, y) batches: uint8 [N, 32, 32, 3] tensors decoded once,
+    augmented a whole batch at a time; a fresh seeded order per pass when `generator` is given (training)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 generator: torch.Generator | None = None, epoch_seed: int | None = None, split: bool = False):
+        self.images, self.labels, self.batch_size, self.generator = images, labels, batch_size, generator
+        self.mean, self.std = torch.tensor(MEAN), torch.tensor(STD)
+        self.epoch_seed, self.epoch, self.split = epoch_seed, 0, split
+
+    def __iter__(self):
+        from training.augment import augment, normalize
+
+        if self.epoch_seed is not None:  # training/train.py seed_epoch, single process
+            self.epoch += 1
+            seed = self.epoch_seed * 1_000_003 + self.epoch
+            torch.manual_seed((seed + 0x9E3779B9) % 2**32 if self.split else seed)
+            self.generator = torch.Generator().manual_seed(seed)
+        n = self.labels.numel()
+        order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
+        for lo in range(0, n, self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            batch = self.images[idx]
+            if self.generator is not None:
+                batch = augment(batch, padding=4, flip=True, generator=self.generator)
+            # normalize() returns channels_last strides; the textbook loop's batches are plain NCHW.
+            yield normalize(batch, self.mean, self.std).contiguous(), self.labels[idx]
+
+
+def tensor_loaders(data: Path, batch_size: int, seed: int, epoch_seeds: bool, split: bool = False):
+    from training.data import load_split
+
+    train, test = load_split(data, "train"), load_split(data, "test")
+    # A stream of its own: seeded like the global one, it would replay the dropout masks' numbers.
+    generator = torch.Generator().manual_seed(seed + 1_000_000)
+    return (TensorBatches(train.images, train.labels, batch_size, generator, seed if epoch_seeds or split else None,
+                          split),
+            train.classes, TensorBatches(test.images, test.labels, 1000))
+
+
+def train_epoch(model, loader, optimizer, channels_last: bool = False) -> dict:
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad()
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -79,10 +133,12 @@ def train_epoch(model, loader, optimizer) -> dict:
 
 
 @torch.no_grad()
-def eval_model(model, loader) -> dict:
+def eval_model(model, loader, channels_last: bool = False) -> dict:
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -100,6 +156,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2, as in the report)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     p.add_argument("--out", type=Path, default=Path("reference-run"), help="where history.json goes")
+    p.add_argument("--swap", action="append", choices=SWAPS, default=[], metavar="COMPONENT",
+                   help=f"use the project's component instead of the textbook's (repeatable): {', '.join(SWAPS)}")
     args = p.parse_args()
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
         print(f"error: {args.data} has no train/ and test/ ImageFolder splits", file=sys.stderr)
@@ -109,18 +167,33 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    seeding = [name for name in args.swap if name.startswith("epoch-seeds")]
+    if seeding and "tensor-data" not in args.swap:
+        print(f"error: --swap {seeding[0]} seeds the project's data path: add --swap tensor-data", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
-    train_loader, test_loader = loaders(args.data, args.batch_size, args.workers)
-    model = SimpleCNN(num_classes=len(train_loader.dataset.classes))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if "tensor-data" in args.swap:
+        train_loader, classes, test_loader = tensor_loaders(args.data, args.batch_size, args.seed,
+                                                            "epoch-seeds" in args.swap,
+                                                            "epoch-seeds-split" in args.swap)
+    else:
+        train_loader, test_loader = loaders(args.data, args.batch_size, args.workers)
+        classes = train_loader.dataset.classes
+    channels_last = "channels-last" in args.swap
+    model = SimpleCNN(num_classes=len(classes))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused="fused-adam" in args.swap or None)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
     args.out.mkdir(parents=True, exist_ok=True)
+    print(f"textbook loop, seed {args.seed}, swapped in from the project: {', '.join(args.swap) or 'nothing'}",
+          flush=True)
     history = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(model, train_loader, optimizer)
-        val = eval_model(model, test_loader)
+        stats = train_epoch(model, train_loader, optimizer, channels_last)
+        val = eval_model(model, test_loader, channels_last)
         scheduler.step()
         history.append({"epoch": epoch, "lr": lr, "train_loss": stats["loss"], "train_acc": stats["acc"],
                         "val_loss": val["loss"], "val_acc": val["acc"], "seconds": stats["seconds"],
@@ -139,7 +212,8 @@ def main() -> int:
           f"{100 * last['train_acc']:>14.2f}% | {last['train_loss']:>16.4f} | {img_s:>6,.0f}")
     print(json.dumps({"seed": args.seed, "best_test_acc": best["val_acc"], "best_epoch": best["epoch"],
                       "final_train_acc": last["train_acc"], "final_train_loss": last["train_loss"],
-                      "img_s": round(img_s, 1), "threads": torch.get_num_threads()}))
+                      "img_s": round(img_s, 1), "threads": torch.get_num_threads(),
+                      "swap": sorted(args.swap)}))
     return 0
 
 

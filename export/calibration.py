@@ -70,19 +70,21 @@ def halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def calibrate(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[str, Any]:
     """Fit T on a seeded half of the test logits, report before/after on the other half."""
     fit, held = halves(len(labels), seed)
-    return calibrate_on(logits[fit], labels[fit], logits, labels, held,
+    return calibrate_on(logits[fit], labels[fit], logits, labels, held, "test images (seeded half)",
                         f"a seeded half (seed {seed}) of the test split fits T; the other half reports")
 
 
 def calibrate_on(fit_logits: torch.Tensor, fit_labels: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                 held: torch.Tensor, images: str) -> dict[str, Any]:
+                 held: torch.Tensor, fit_source: str, images: str) -> dict[str, Any]:
     """Fit T on (fit_logits, fit_labels), report before/after on the test logits at indices `held`: the
-    record metadata.json and the report keep (`_held` is popped before it is written)."""
+    record metadata.json and the report keep (`_held` is popped before it is written). `fit_source` names
+    the images T was fit on in a few words; `images` says in a sentence which images fit and which report."""
     t = fit_temperature(fit_logits, fit_labels)
     if not math.isfinite(t) or t <= 0:
         t = 1.0
     return {"temperature": t, "method": "temperature scaling, NLL", "bins": BINS,
-            "fit_images": int(len(fit_labels)), "report_images": int(len(held)), "images": images,
+            "fit_images": int(len(fit_labels)), "fit_source": fit_source, "report_images": int(len(held)),
+            "images": images,
             "before": figures(logits[held], labels[held], 1.0), "after": figures(logits[held], labels[held], t),
             "_held": held}
 

@@ -180,8 +180,11 @@ def run(args: argparse.Namespace) -> int:
         targets = classifier_probs.argmax(1)
         heat, probs = run_explain(str(staging / "explain.onnx"), images)
         x = _normalized(wrapper, images)
-        reference = autograd_cam(ckpt.arch, wrapper.model, x, torch.from_numpy(targets), wrapper.image_size).numpy()
-        kinks = at_kink(ckpt.arch, wrapper.model, x).numpy()
+        with torch.no_grad():
+            explained = activation_of(ckpt.arch, wrapper.model, x)  # [N, K, h, w]: the layer the heatmap comes from
+        reference = autograd_cam(ckpt.arch, wrapper.model, x, torch.from_numpy(targets), wrapper.image_size,
+                                 explained).numpy()
+        kinks = at_kink(ckpt.arch, wrapper.model, explained).numpy()
         report["explanation"] = explain_report(heat, reference, probs, classifier_probs, LAYERS[ckpt.arch],
                                                METHODS[ckpt.arch], kinks)
         say(f"  explain.onnx max|Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} against autograd "
@@ -214,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
                              f"(T fit on {calibration['fit_images']} {calibration['fit_source']})")
             report["calibration"] = calibration
             meta.calibration = calibration
-        with torch.no_grad():  # the explained activation's grid, which the heatmap is upsampled from
-            grid = list(activation_of(ckpt.arch, wrapper.model, _normalized(wrapper, images[:1])).shape[2:])
-        meta.explanation = {"method": METHODS[ckpt.arch], "layer": LAYERS[ckpt.arch], "grid": grid,
+        # The explained activation's grid, which the heatmap is upsampled from.
+        meta.explanation = {"method": METHODS[ckpt.arch], "layer": LAYERS[ckpt.arch],
+                            "grid": list(explained.shape[2:]),
                             "onnx": "explain.onnx", "torchscript": "explain.ts",
                             "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -240,16 +243,12 @@ def _calibrate(ckpt, data: str, wrapper: torch.nn.Module, test_logits: torch.Ten
     a seeded half of the test images (the other half reports). See export/calibration.py."""
     held_out = int(ckpt.config.get("val_split") or 0)
     if not held_out:
-        result = calibrate(test_logits, test_labels)
-        result["fit_source"] = "test images (seeded half)"
-        return result
+        return calibrate(test_logits, test_labels)
     val = holdout(load_split(data, "train"), int(ckpt.config["seed"]), held_out)
-    result = calibrate_on(_eager_logits(wrapper, val.images), val.labels, test_logits, test_labels,
-                          torch.arange(len(test_labels)),
-                          f"the {held_out} training images the run held out (--val-split {held_out}, seed "
-                          f"{ckpt.config['seed']}) fit T; the test images report")
-    result["fit_source"] = "held-out training images"
-    return result
+    return calibrate_on(_eager_logits(wrapper, val.images), val.labels, test_logits, test_labels,
+                        torch.arange(len(test_labels)), "held-out training images",
+                        f"the {held_out} training images the run held out (--val-split {held_out}, seed "
+                        f"{ckpt.config['seed']}) fit T; the test images report")
 
 
 def _int8(args: argparse.Namespace, data: str, staging: Path, images: np.ndarray, labels: np.ndarray,

@@ -21,7 +21,7 @@ on depends on last-bit differences between ONNX Runtime and torch (one image in 
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,22 +103,23 @@ def head_of(arch: str, model: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return model.head(model.pool(a).flatten(1)) * model.logit_scale
 
 
-def at_kink(arch: str, model: nn.Module, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """bool [N]: images whose explanation crosses a ReLU within eps of zero (SimpleCNN's hidden layer; airbench's
-    head after A is max-pool and linear, whose Grad-CAM sum has no kink)."""
+def at_kink(arch: str, model: nn.Module, a: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """bool [N]: images whose explanation crosses a ReLU within eps of zero, from the explained activation A
+    (SimpleCNN's hidden layer; airbench's head after A is max-pool and linear, whose Grad-CAM sum has no kink)."""
     if arch != "simplecnn":
-        return torch.zeros(x.shape[0], dtype=torch.bool)
+        return torch.zeros(a.shape[0], dtype=torch.bool)
     with torch.no_grad():
-        hidden = model.classifier[1](activation_of(arch, model, x).flatten(1))  # [N, 256], before the ReLU
+        hidden = model.classifier[1](a.flatten(1))  # [N, 128, 4, 4] -> [N, 256], before the ReLU
     return hidden.abs().amin(1) < eps
 
 
-def autograd_cam(arch: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, size: int) -> torch.Tensor:
+def autograd_cam(arch: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, size: int,
+                 activation: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The network's method (METHODS) with torch autograd, as the papers write it: the reference for the
-    explicit graphs."""
+    explicit graphs. `activation`: A for x when the caller already has it (activation_of)."""
     model.eval()
     with torch.no_grad():
-        a = activation_of(arch, model, x)
+        a = (activation if activation is not None else activation_of(arch, model, x)).detach().clone()
     a.requires_grad_(True)
     with torch.enable_grad():
         head_of(arch, model, a).gather(1, target[:, None]).sum().backward()

@@ -76,3 +76,11 @@ def test_config_knows_every_registered_network():
     from training.config import MODELS
 
     assert set(MODELS) == set(models.MODELS) == set(RECIPES)
+
+
+def test_the_reports_recipe_trains_in_fp32_and_the_tuned_recipes_in_auto_precision():
+    # docs/experiments.md (issue 17): bf16 may cost the report's recipe accuracy, so only tuned recipes use it.
+    assert TrainConfig.for_recipe("default").precision == "fp32"
+    assert TrainConfig.for_recipe("fast").precision == RECIPES["simplecnn"]["distill"]["precision"] == "auto"
+    assert TrainConfig.for_recipe("default", model="airbench").precision == "auto"
+    assert TrainConfig.for_recipe("default", precision="bf16").precision == "bf16"

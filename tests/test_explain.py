@@ -111,8 +111,9 @@ def test_images_at_a_relu_kink_are_found_and_left_out_of_the_heatmap_parity():
     with torch.no_grad():
         hidden = model.classifier[1](model.features(x).flatten(1))
         model.classifier[1].bias[7] -= hidden[2, 7]  # image 2's hidden unit 7 now sits at the ReLU's kink
-    assert at_kink("simplecnn", model, x).tolist() == [False, False, True, False]
-    assert not at_kink("airbench", AirbenchNet().eval(), x).any()
+        a = model.features(x)
+    assert at_kink("simplecnn", model, a).tolist() == [False, False, True, False]
+    assert not at_kink("airbench", AirbenchNet().eval(), a).any()
     heat, reference = np.zeros((4, 32, 32)), np.zeros((4, 32, 32))
     heat[1, 0, 0], heat[2, 5, 5] = 2e-6, 0.004  # the kink image may differ; the others must not
     probs = np.full((4, 10), 0.1)
@@ -159,11 +160,12 @@ def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(br
     _, val, _, _ = prepare_data(TrainConfig.from_dict(ckpt.config))
     assert result["fit_images"] == 120 and result["report_images"] == len(test) == 300
     assert result["temperature"] == pytest.approx(fit_temperature(_eager_logits(wrapper, val.images), val.labels))
-    assert "--val-split 120" in result["images"]
+    assert "--val-split 120" in result["images"] and result["fit_source"] == "held-out training images"
     assert result["before"] == figures(logits, test.labels, 1.0)
     # Without a hold-out, a seeded half of the test images fits and the other half reports.
     plain = _calibrate(load_checkpoint(brief_checkpoint), str(real_subset), wrapper, logits, test.labels)
     assert plain["fit_images"] == plain["report_images"] == 150
+    assert plain["fit_source"] == "test images (seeded half)"
 
 
 def test_overlay_is_a_png_of_the_upscaled_image():

@@ -73,8 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(airbench's 6-view TTA; 0 = off)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on CPUs with native bf16 and on CUDA GPUs that support it, fp16 on "
-                   "other GPUs, else fp32")
+                   help="fp32 (simplecnn's default recipe, as the report) or auto (the other recipes): bf16 on "
+                   "CPUs with native bf16 and on CUDA GPUs that support it, fp16 on other GPUs, else fp32")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where outputs go (default ./checkpoints)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--keep", choices=["best", "last"],
