@@ -61,7 +61,8 @@ class LocalService:
     """A server subprocess on a free loopback port, in its own process group, with its output in a log file."""
 
     def __init__(self, cmd: Sequence[str], port: int, log: Path, env: Optional[dict] = None,
-                 cwd: Optional[Path] = None, ready_path: Optional[str] = "/readyz", timeout: float = 120.0):
+                 cwd: Optional[Path] = None, ready_path: Optional[str] = "/readyz", timeout: float = 120.0,
+                 fail_on: Optional[str] = None):
         self.port = port
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{port}"
@@ -74,21 +75,26 @@ class LocalService:
             ready = lambda: port_open(self.host, port)  # noqa: E731
         else:
             ready = lambda: http_ok(self.url + ready_path)  # noqa: E731
-        if not wait_until(ready, timeout, alive=lambda: self.proc.poll() is None):
+        # fail_on: a line in the log that means it never will be ready (a BentoML server whose worker refused to
+        # start keeps running and restarting it), so the wait ends there instead of at the timeout.
+        refused = lambda: fail_on is not None and fail_on in self.log_tail(20000)  # noqa: E731
+        if not wait_until(ready, timeout, alive=lambda: self.proc.poll() is None and not refused()):
             exited = self.proc.poll() is not None
             self.stop()
-            what = "exited" if exited else f"did not become ready in {timeout:g} s"
+            what = ("exited" if exited else f"logged {fail_on!r}" if refused()
+                    else f"did not become ready in {timeout:g} s")
             raise ServiceStartError(f"{' '.join(cmd[:3])} {what}: {self.log_tail()}")
 
     @classmethod
     def bentoml(cls, target: str, env: Optional[dict] = None, cwd: Optional[Path] = None,
-                log_dir: Optional[Path] = None, timeout: float = 120.0, port: Optional[int] = None) -> "LocalService":
+                log_dir: Optional[Path] = None, timeout: float = 120.0, port: Optional[int] = None,
+                fail_on: Optional[str] = None) -> "LocalService":
         """`bentoml serve TARGET` from this Python's environment, ready when /readyz answers 200."""
         port = port or free_port()
         bentoml_cli = Path(sys.executable).parent / "bentoml"
         log = Path(log_dir or Path.cwd()) / f"serve-{port}.log"
         cmd = [str(bentoml_cli), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-        return cls(cmd, port, log, env=env, cwd=cwd, timeout=timeout)
+        return cls(cmd, port, log, env=env, cwd=cwd, timeout=timeout, fail_on=fail_on)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

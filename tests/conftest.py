@@ -121,11 +121,12 @@ def bento_home(tmp_path_factory, brief_checkpoint) -> Path:
     return home
 
 
-def Server(target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT) -> LocalService:
+def Server(target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT,
+           fail_on: str | None = None) -> LocalService:
     """A real `bentoml serve` subprocess on a free loopback port, using home as BENTOML_HOME; .stop() ends
-    its process group."""
+    its process group. fail_on: a log line that means it will not start (raises at once)."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
-    return LocalService.bentoml(target, env=env, cwd=cwd, log_dir=home)
+    return LocalService.bentoml(target, env=env, cwd=cwd, log_dir=home, fail_on=fail_on)
 
 
 @pytest.fixture(scope="session")
