@@ -85,11 +85,13 @@ class TensorBatches:
     def __iter__(self):
         from training.augment import augment, normalize
 
-        if self.epoch_seed is not None:  # training/train.py seed_epoch, single process
+        if self.epoch_seed is not None:
+            from training.train import seed_epoch
+
             self.epoch += 1
-            seed = self.epoch_seed * 1_000_003 + self.epoch
-            torch.manual_seed((seed + 0x9E3779B9) % 2**32 if self.split else seed)
-            self.generator = torch.Generator().manual_seed(seed)
+            _, self.generator = seed_epoch(self.epoch_seed, self.epoch, torch.device("cpu"))
+            if self.split:  # dropout's stream apart from the one seed_epoch gave both
+                torch.manual_seed((torch.initial_seed() + 0x9E3779B9) % 2**32)
         n = self.labels.numel()
         order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
         for lo in range(0, n, self.batch_size):
