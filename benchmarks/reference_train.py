@@ -14,8 +14,9 @@ moves the result (docs/experiments.md):
                  (training.augment), in a randperm order from a generator seeded once; no DataLoader
   channels-last  the model and its input batches in channels_last memory order
   fused-adam     Adam(fused=True), the project's optimizer kernel
-  epoch-seeds    with tensor-data: the project's seeding, every epoch torch.manual_seed(seed * 1_000_003 + epoch)
-                 (dropout) and a generator seeded the same for the order and the augmentation
+  epoch-seeds    with tensor-data: the seeding the project used until it seeded once (commit 7be34d9 and
+                 before): every epoch torch.manual_seed(seed * 1_000_003 + epoch) (dropout) and a generator
+                 seeded the same for the order and the augmentation
   epoch-seeds-split  the same, but dropout's stream seeded apart (+ 0x9E3779B9): the two streams no longer
                  hold the same numbers
 
@@ -86,12 +87,13 @@ class TensorBatches:
         from training.augment import augment, normalize
 
         if self.epoch_seed is not None:
-            from training.train import seed_epoch
-
+            # The seeding `python -m training` used before it seeded once (until commit 7be34d9).
             self.epoch += 1
-            _, self.generator = seed_epoch(self.epoch_seed, self.epoch, torch.device("cpu"))
-            if self.split:  # dropout's stream apart from the one seed_epoch gave both
-                torch.manual_seed((torch.initial_seed() + 0x9E3779B9) % 2**32)
+            epoch_seed = self.epoch_seed * 1_000_003 + self.epoch
+            torch.manual_seed(epoch_seed)
+            self.generator = torch.Generator().manual_seed(epoch_seed)
+            if self.split:  # dropout's stream apart from the data's
+                torch.manual_seed((epoch_seed + 0x9E3779B9) % 2**32)
         n = self.labels.numel()
         order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
         for lo in range(0, n, self.batch_size):
@@ -107,7 +109,7 @@ def tensor_loaders(data: Path, batch_size: int, seed: int, epoch_seeds: bool, sp
     from training.data import load_split
 
     train, test = load_split(data, "train"), load_split(data, "test")
-    # A stream of its own: seeded like the global one, it would replay the dropout masks' numbers.
+    # Seeded as training/streams.py seeds the project's data generator (apart from the global stream).
     generator = torch.Generator().manual_seed(seed + 1_000_000)
     return (TensorBatches(train.images, train.labels, batch_size, generator, seed if epoch_seeds or split else None,
                           split),

@@ -18,7 +18,7 @@ from contract.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from contract.provenance import git_commit, sha256_file
 from contract.schemas import Checkpoint, Normalization, ResumeState
 
-from . import distributed, models, report
+from . import distributed, models, report, streams
 from .augment import normalize
 from .checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -75,6 +75,7 @@ class Run:
     best_state: Optional[dict[str, Any]] = None
     start_epoch: int = 1
     train_seconds: float = 0.0
+    rng: Optional[streams.Streams] = None  # order, augmentation (and, globally, dropout) randomness
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -210,6 +211,8 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
     if opts.resume is not None:
         _restore(run, opts.resume.resume)
         run.say(f"resuming from {opts.resume_path} after epoch {run.start_epoch - 1}")
+    else:
+        run.rng = streams.start(cfg.seed, device, info)
     if info.enabled:
         # DDP wraps the model only to train; run.model stays the plain network that checkpoints hold.
         run.trained = torch.nn.parallel.DistributedDataParallel(
@@ -232,14 +235,16 @@ def _restore(run: Run, state: ResumeState) -> None:
     run.best_state = state.best_model
     run.start_epoch = int(run.opts.resume.epoch) + 1
     run.train_seconds = float(state.train_seconds)
+    run.rng, why = streams.restore(state.rng, run.cfg.seed, run.start_epoch - 1, run.device, run.info)
+    if why:
+        run.say(f"note: {why}")
 
 
 def save_last(run: Run, epoch: int) -> None:
     """last.pt: this epoch's weights and everything a resumed run needs to continue exactly."""
+    rng = streams.state(run.rng, run.device, run.info)  # a collective under DDP: before the rank check
     if not run.info.is_main:
         return
-    rng = {"torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []}
     state = ResumeState(
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), history=run.history,
         best=run.best, best_model=run.best_state, train_seconds=run.train_seconds, rng=rng,
@@ -259,24 +264,6 @@ def _describe(run: Run) -> str:
     return (f"training {type(run.model).__name__} ({params:,} parameters) on {len(run.train_set):,} images, "
             f"{len(run.train_set.classes)} classes | {describe_device(run.device)}, {precision_name(run.amp)}, "
             f"{batch}, recipe {run.cfg.recipe} | validation: {run.val_source}")
-
-
-def seed_epoch(seed: int, epoch: int, device: torch.device,
-               info: DistInfo = DistInfo()) -> tuple[Optional[torch.Generator], torch.Generator]:
-    """(generator of the sample order, or None to use the second; generator of the augmentation)."""
-    # Every epoch's randomness (order, augmentation, dropout) derives from (seed, epoch) alone,
-    # so a resumed run replays exactly what an uninterrupted one would have done.
-    epoch_seed = seed * 1_000_003 + epoch
-    if not info.enabled:
-        torch.manual_seed(epoch_seed)
-        return None, torch.Generator(device=device).manual_seed(epoch_seed)
-    # Under DDP every rank draws the same order (and takes its slice of it), while augmentation and
-    # dropout get a stream per rank so that ranks do not repeat each other's crops, flips and masks.
-    rank_seed = int(torch.randint(2**62, (info.world_size,),
-                                  generator=torch.Generator().manual_seed(epoch_seed))[info.rank])
-    torch.manual_seed(rank_seed)
-    return (torch.Generator(device=device).manual_seed(epoch_seed),
-            torch.Generator(device=device).manual_seed(rank_seed))
 
 
 class Progress:
@@ -319,18 +306,17 @@ def run_epochs(run: Run) -> bool:
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
-            order_generator, generator = seed_epoch(cfg.seed, epoch, run.device, run.info)
             lr = run.optimizer.param_groups[0]["lr"]
             progress = Progress(run.per_rank, f"epoch {epoch}/{cfg.epochs}", show_bars)
             mirrored = first_flip ^ bool(epoch % 2 == 0) if first_flip is not None else None
             aug = Augmentation(cfg.crop_padding, cfg.pad_mode, cfg.flip, mirrored)
             stats = train_one_epoch(
                 run.trained, run.optimizer, run.scheduler, images, labels, batch_size=run.batch_size,
-                mean=run.mean, std=run.std, amp=run.amp, generator=generator, aug=aug, objective=objective,
-                scaler=run.scaler, step_scheduler_per_batch=cfg.schedule == "onecycle", ema=run.ema,
-                lookahead=run.lookahead, lookahead_active=epoch >= cfg.lookahead_start_epoch,
+                mean=run.mean, std=run.std, amp=run.amp, generator=run.rng.augment, aug=aug,
+                objective=objective, scaler=run.scaler, step_scheduler_per_batch=cfg.schedule == "onecycle",
+                ema=run.ema, lookahead=run.lookahead, lookahead_active=epoch >= cfg.lookahead_start_epoch,
                 frozen=models.frozen_parameters(run.model, epoch, cfg.whiten_bias_epochs), on_step=progress,
-                shard=run.info.shard, order_generator=order_generator)
+                shard=run.info.shard, order_generator=run.rng.order)
             progress.close()
             val = None
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
