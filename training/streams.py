@@ -61,8 +61,10 @@ def restore(saved: dict[str, Any], seed: int, epoch: int, device: torch.device,
     """The streams as last.pt left them after `epoch`, and None; or, when last.pt cannot continue them
     (written before streams were saved, or on another kind of device), fresh ones and the reason."""
     ranks = saved.get("ranks")
-    if not ranks or len(ranks) != info.world_size:
+    if not ranks:
         why = "it predates saved random streams"
+    elif len(ranks) != info.world_size:
+        why = f"it holds the streams of {len(ranks)} process(es), this run has {info.world_size}"
     elif ranks[info.rank]["device"] != device.type:
         why = f"it was written on {ranks[info.rank]['device']}, this run is on {device.type}"
     else:
