@@ -19,6 +19,9 @@ moves the result (docs/experiments.md):
                  seeded the same for the order and the augmentation
   epoch-seeds-split  the same, but dropout's stream seeded apart (+ 0x9E3779B9): the two streams no longer
                  hold the same numbers
+  epoch-seeds-aug      only the order/augmentation generator restarted each epoch; dropout's stream runs on
+  epoch-seeds-dropout  only dropout's stream restarted each epoch; the order/augmentation generator runs on
+(at most one epoch-seeds* swap, and only with tensor-data)
 
 Writes OUT/history.json with the fields `python -m training` writes (epoch, lr, train_loss, train_acc,
 val_loss, val_acc, seconds, img_s, epoch_seconds, samples), prints one line per epoch, a summary table,
@@ -39,7 +42,11 @@ from torch import nn
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.247, 0.243, 0.261)
-SWAPS = ("tensor-data", "channels-last", "fused-adam", "epoch-seeds", "epoch-seeds-split")
+SWAPS = ("tensor-data", "channels-last", "fused-adam", "epoch-seeds", "epoch-seeds-split", "epoch-seeds-aug",
+         "epoch-seeds-dropout")
+# What each epoch-seeds* swap restarts every epoch: the global (dropout) stream, the data generator, both.
+RESTARTS = {"epoch-seeds": "both", "epoch-seeds-split": "split", "epoch-seeds-aug": "aug",
+            "epoch-seeds-dropout": "dropout"}
 
 
 class SimpleCNN(nn.Module):
@@ -78,22 +85,24 @@ class TensorBatches:
     augmented a whole batch at a time; a fresh seeded order per pass when `generator` is given (training)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 generator: torch.Generator | None = None, epoch_seed: int | None = None, split: bool = False):
+                 generator: torch.Generator | None = None, epoch_seed: int | None = None, restart: str = "both"):
         self.images, self.labels, self.batch_size, self.generator = images, labels, batch_size, generator
         self.mean, self.std = torch.tensor(MEAN), torch.tensor(STD)
-        self.epoch_seed, self.epoch, self.split = epoch_seed, 0, split
+        self.epoch_seed, self.epoch, self.restart = epoch_seed, 0, restart
 
     def __iter__(self):
         from training.augment import augment, normalize
 
         if self.epoch_seed is not None:
-            # The seeding `python -m training` used before it seeded once (until commit 7be34d9).
+            # The seeding `python -m training` used before it seeded once (until commit 7be34d9), or half of it.
             self.epoch += 1
             epoch_seed = self.epoch_seed * 1_000_003 + self.epoch
-            torch.manual_seed(epoch_seed)
-            self.generator = torch.Generator().manual_seed(epoch_seed)
-            if self.split:  # dropout's stream apart from the data's
+            if self.restart in ("both", "dropout"):
+                torch.manual_seed(epoch_seed)
+            elif self.restart == "split":  # dropout's stream apart from the data's
                 torch.manual_seed((epoch_seed + 0x9E3779B9) % 2**32)
+            if self.restart != "dropout":
+                self.generator = torch.Generator().manual_seed(epoch_seed)
         n = self.labels.numel()
         order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
         for lo in range(0, n, self.batch_size):
@@ -105,14 +114,14 @@ class TensorBatches:
             yield normalize(batch, self.mean, self.std).contiguous(), self.labels[idx]
 
 
-def tensor_loaders(data: Path, batch_size: int, seed: int, epoch_seeds: bool, split: bool = False):
+def tensor_loaders(data: Path, batch_size: int, seed: int, restart: str | None = None):
     from training.data import load_split
 
     train, test = load_split(data, "train"), load_split(data, "test")
     # Seeded as training/streams.py seeds the project's data generator (apart from the global stream).
     generator = torch.Generator().manual_seed(seed + 1_000_000)
-    return (TensorBatches(train.images, train.labels, batch_size, generator, seed if epoch_seeds or split else None,
-                          split),
+    return (TensorBatches(train.images, train.labels, batch_size, generator, None if restart is None else seed,
+                          restart or "both"),
             train.classes, TensorBatches(test.images, test.labels, 1000))
 
 
@@ -175,11 +184,13 @@ def main() -> int:
     if seeding and "tensor-data" not in args.swap:
         print(f"error: --swap {seeding[0]} seeds the project's data path: add --swap tensor-data", file=sys.stderr)
         return 2
+    if len(set(seeding)) > 1:
+        print(f"error: --swap {' and '.join(seeding)} are alternatives: pick one", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     if "tensor-data" in args.swap:
         train_loader, classes, test_loader = tensor_loaders(args.data, args.batch_size, args.seed,
-                                                            "epoch-seeds" in args.swap,
-                                                            "epoch-seeds-split" in args.swap)
+                                                            RESTARTS[seeding[0]] if seeding else None)
     else:
         train_loader, test_loader = loaders(args.data, args.batch_size, args.workers)
         classes = train_loader.dataset.classes
