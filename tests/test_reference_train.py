@@ -82,6 +82,35 @@ def test_the_old_per_epoch_seeding_changes_the_run_from_its_second_epoch(real_su
     assert not torch.equal(first[0], second[0])
 
 
+def test_the_half_restarts_restart_one_stream_each():
+    images, labels = torch.zeros(8, 32, 32, 3, dtype=torch.uint8), torch.arange(8)
+    epoch_1 = 3 * 1_000_003 + 1
+
+    aug = TensorBatches(images, labels, 8, torch.Generator().manual_seed(0), epoch_seed=3, restart="aug")
+    torch.manual_seed(11)
+    (_, order), = list(aug)
+    assert torch.equal(order, torch.randperm(8, generator=torch.Generator().manual_seed(epoch_1)))
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(3))  # dropout's stream ran on, untouched
+
+    kept = torch.Generator().manual_seed(0)
+    dropout = TensorBatches(images, labels, 8, torch.Generator().manual_seed(0), epoch_seed=3, restart="dropout")
+    (_, order), = list(dropout)
+    assert torch.equal(order, torch.randperm(8, generator=kept))  # the data generator as seeded once
+    after = torch.rand(3)
+    torch.manual_seed(epoch_1)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_two_epoch_seeds_swaps_are_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    assert _main(monkeypatch, "--data", str(tmp_path), "--swap", "tensor-data", "--swap", "epoch-seeds-aug",
+                 "--swap", "epoch-seeds-dropout") == 2
+    assert "are alternatives: pick one" in capsys.readouterr().err
+
+
 def test_textbook_loop_refuses_a_folder_without_splits(tmp_path, monkeypatch, capsys):
     assert _main(monkeypatch, "--data", str(tmp_path)) == 2
     assert "no train/ and test/" in capsys.readouterr().err
