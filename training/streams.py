@@ -72,14 +72,17 @@ def restore(saved: dict[str, Any], seed: int, epoch: int, device: torch.device,
         torch.set_rng_state(mine["torch"])
         if mine["cuda"] is not None:
             torch.cuda.set_rng_state(mine["cuda"], device)
-        streams = Streams(torch.Generator(device=device), None)
-        streams.augment.set_state(mine["augment"])
-        if mine["order"] is not None:
-            streams.order = torch.Generator(device=device)
-            streams.order.set_state(mine["order"])
-        return streams, None
+        order = _generator(mine["order"], device) if mine["order"] is not None else None
+        return Streams(_generator(mine["augment"], device), order), None
     # Seeded from (seed, epoch), so resuming the same file twice still gives the same run.
-    torch.manual_seed(seed * 1_000_003 + epoch)
-    return start(seed * 1_000_003 + epoch, device, info), (
+    fresh = seed * 1_000_003 + epoch
+    torch.manual_seed(fresh)  # start() seeds the global stream itself only under DDP
+    return start(fresh, device, info), (
         f"the random streams restart from (seed, epoch) because {why}: the continued run is deterministic, "
         "but not identical to an uninterrupted one")
+
+
+def _generator(state: torch.Tensor, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.set_state(state)
+    return generator
