@@ -8,9 +8,13 @@ completing TCP handshakes into the socket's accept queue, nobody accepts them, a
 kernel resets every one of them ("connection reset by peer" for requests the clients saw accepted). Neither
 BentoML nor uvicorn has a setting for this. So, in the worker, after the delay:
 
-1. a socket filter (classic BPF: drop every packet) is attached to the listening socket: new handshakes stop
-   completing (the clients' SYNs go unanswered) while connections already queued stay;
-2. uvicorn keeps accepting until the accept queue is empty (TCP_INFO's tcpi_unacked of a listening socket);
+1. a socket filter (classic BPF: drop a SYN without ACK, the packet that opens a connection) is attached to the
+   listening socket: new handshakes stop (the clients' SYNs go unanswered), while connections already queued
+   stay and handshakes already answered still complete (their last ACK passes; a filter that dropped every
+   packet left such a client connected to nobody, reset when the listener closed);
+2. uvicorn keeps accepting until the accept queue has stayed empty for a moment (TCP_INFO's tcpi_unacked of a
+   listening socket), so late handshakes are taken and the last accepted connections have read their request
+   (uvicorn closes a connection whose request it has not read yet when it shuts down);
 3. uvicorn is told to exit (its own SIGTERM handler): it stops accepting and waits for open requests, each
    bounded by the service's 30 s request timeout;
 4. the listening socket is shut down, so later connection attempts are refused at once instead of hanging.
@@ -33,6 +37,7 @@ from typing import Any, Callable, Optional
 log = logging.getLogger("bentoml.cifar10_service")
 SO_ATTACH_FILTER = 26
 TCP_INFO_UNACKED_OFFSET = 24  # struct tcp_info: 8 one-byte fields, then tcpi_rto, ato, snd_mss, rcv_mss, unacked
+QUEUE_SETTLE_S = 0.1  # how long the accept queue must stay empty: a handshake's round trip, a request's first read
 
 
 class _SockFilter(ctypes.Structure):
@@ -44,9 +49,17 @@ class _SockFprog(ctypes.Structure):
 
 
 def drop_new_connections(sock: socket.socket) -> None:
-    """Attach `ret #0` (drop every packet) to a listening socket: connections already queued are unaffected."""
-    program = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0
-    fprog = _SockFprog(1, ctypes.cast(program, ctypes.POINTER(_SockFilter)))
+    """Attach a filter to a listening socket that drops SYNs without ACK (new connections); every other packet,
+    the last ACK of a handshake already answered included, passes. A TCP socket filter sees the packet from the
+    TCP header on, whose byte 13 holds the flags (SYN 0x02, ACK 0x10)."""
+    program = (_SockFilter * 5)(
+        _SockFilter(0x30, 0, 0, 13),          # ldb [13]: the TCP flags
+        _SockFilter(0x54, 0, 0, 0x12),        # and #(SYN | ACK)
+        _SockFilter(0x15, 0, 1, 0x02),        # jeq #SYN: a SYN alone -> next (drop), else -> skip one (keep)
+        _SockFilter(0x06, 0, 0, 0),           # ret #0: drop
+        _SockFilter(0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: keep the whole packet
+    )
+    fprog = _SockFprog(len(program), ctypes.cast(program, ctypes.POINTER(_SockFilter)))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))  # the kernel copies the program here
 
 
@@ -77,6 +90,22 @@ def listening_socket() -> Optional[socket.socket]:
             pass
         sock.close()
     return None
+
+
+async def wait_for_empty_queue(sock: socket.socket, settle: float, timeout: float) -> bool:
+    """Wait until the accept queue has been empty for `settle` seconds (the event loop accepts meanwhile)."""
+    deadline = time.monotonic() + timeout
+    empty_since: Optional[float] = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if accept_queue_length(sock):
+            empty_since = None
+        elif empty_since is None:
+            empty_since = now
+        elif now - empty_since >= settle:
+            return True
+        await asyncio.sleep(0.005)
+    return False
 
 
 class GracefulShutdown:
@@ -133,12 +162,7 @@ class GracefulShutdown:
         if sock is not None:
             try:
                 drop_new_connections(sock)
-                # Handshakes already answered (SYN-ACK sent) may still complete into the queue for a moment;
-                # with 2 workers on one socket, 1 of 10 runs at c=32 lost a request without this pause.
-                await asyncio.sleep(0.05)
-                deadline = time.monotonic() + 2.0
-                while accept_queue_length(sock) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)  # uvicorn accepts the queued connections meanwhile
+                await wait_for_empty_queue(sock, QUEUE_SETTLE_S, timeout=2.0)
             except OSError as exc:
                 log.warning("could not stop new connections before closing (%s)", exc)
         self._forward(sig, frame)  # uvicorn: stop accepting, finish open requests, exit

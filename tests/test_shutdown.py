@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from serving.shutdown import accept_queue_length, drop_new_connections
+from serving.shutdown import accept_queue_length, drop_new_connections, wait_for_empty_queue
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
 
@@ -37,6 +37,40 @@ def test_the_filter_stops_new_handshakes_but_keeps_queued_connections():
     listener.shutdown(socket.SHUT_RD)  # stops listening for every holder of the socket
     with pytest.raises(ConnectionRefusedError):
         _connect(port, 2)
+    for s in (queued, conn, listener):
+        s.close()
+
+
+def test_the_filter_drops_only_the_packet_that_opens_a_connection():
+    # Every packet but a bare SYN passes: the last ACK of a handshake answered before the filter went on must
+    # reach the listener, or that client is left connected to nobody (a drop-everything filter did that).
+    # An established socket with the filter shows it: its packets all carry ACK.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    client = _connect(listener.getsockname()[1], 2)
+    conn, _ = listener.accept()
+    drop_new_connections(conn)
+    client.sendall(b"after the filter")
+    conn.settimeout(2)
+    assert conn.recv(64) == b"after the filter"
+    for s in (client, conn, listener):
+        s.close()
+
+
+def test_the_wait_ends_once_the_queue_has_stayed_empty():
+    import asyncio
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    queued = _connect(listener.getsockname()[1], 2)
+    time.sleep(0.05)
+    assert asyncio.run(wait_for_empty_queue(listener, settle=0.05, timeout=0.3)) is False  # nobody accepts
+    conn, _ = listener.accept()
+    start = time.monotonic()
+    assert asyncio.run(wait_for_empty_queue(listener, settle=0.05, timeout=2)) is True
+    assert 0.05 <= time.monotonic() - start < 1
     for s in (queued, conn, listener):
         s.close()
 
