@@ -92,8 +92,10 @@ class LocalService:
         """`bentoml serve TARGET` from this Python's environment, ready when /readyz answers 200."""
         port = port or free_port()
         bentoml_cli = Path(sys.executable).parent / "bentoml"
+        # Without the console script beside this Python (e.g. BentoML installed with pip --target), the module.
+        launcher = [str(bentoml_cli)] if bentoml_cli.is_file() else [sys.executable, "-m", "bentoml"]
         log = Path(log_dir or Path.cwd()) / f"serve-{port}.log"
-        cmd = [str(bentoml_cli), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*launcher, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
         return cls(cmd, port, log, env=env, cwd=cwd, timeout=timeout, fail_on=fail_on)
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -27,8 +27,9 @@ OUTPUTS = {"best.pt", "last.pt", "history.json", "training_curves.png", "confusi
 
 
 def _env(tmp_path_factory) -> dict[str, str]:
-    # One thread per rank (the machine is shared); the session's dataset cache, not ~/.cache.
-    return {**os.environ, "OMP_NUM_THREADS": "1",
+    # One thread per rank (the machine is shared); the session's dataset cache, not ~/.cache. No GPU: these are
+    # the two-CPU-process (gloo) runs on any machine (two ranks on a one-GPU machine are refused, by design).
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
             "CIFAR10_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "dataset-cache")}
 
 

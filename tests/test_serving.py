@@ -262,6 +262,12 @@ def _cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def _torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_cuda_requested_without_cuda_refuses_to_start(bento_home):
     if _cuda_available():
         pytest.skip("this machine has CUDA; the refusal path needs one without")
@@ -271,8 +277,14 @@ def test_cuda_requested_without_cuda_refuses_to_start(bento_home):
     assert "did not become ready" not in str(refused.value)  # it stopped at the refusal, not at the timeout
 
 
-@pytest.mark.skipif(not _cuda_available(), reason="no CUDAExecutionProvider (onnxruntime-gpu and a GPU) here")
-@pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
+# Each runtime needs its own CUDA: onnxruntime-gpu's provider for onnx, a CUDA build of torch and a GPU for
+# torchscript (the torch-free CPU image has neither; a GPU machine with plain onnxruntime has the second).
+@pytest.mark.parametrize("runtime", [
+    pytest.param("onnx", marks=pytest.mark.skipif(
+        not _cuda_available(), reason="no CUDAExecutionProvider (onnxruntime-gpu and a GPU) here")),
+    pytest.param("torchscript", marks=pytest.mark.skipif(
+        not _torch_cuda_available(), reason="torch sees no CUDA GPU here")),
+])
 def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
     srv = Server("serving.service:CIFAR10Classifier", bento_home,
                  {"CIFAR10_DEVICE": "cuda", "CIFAR10_RUNTIME": runtime})
@@ -283,5 +295,11 @@ def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
                 b = post_image(gpu, p.read_bytes()).json()
                 assert b["model"]["device"] == "cuda"
                 assert a["index"] == b["index"] and abs(a["confidence"] - b["confidence"]) < 1e-3
+            image = cifar_test_images(1)[0].read_bytes()
+            explained = [c.post("/explain", files={"image": ("x.jpg", image, "image/jpeg")}).json()
+                         for c in (client, gpu)]
+            assert explained[0]["target"]["index"] == explained[1]["target"]["index"]
+            heat = [np.asarray(e["heatmap"]) for e in explained]
+            assert heat[1].shape == (32, 32) and float(np.abs(heat[0] - heat[1]).max()) < 1e-3
     finally:
         srv.stop()

@@ -19,12 +19,12 @@ from .config import MODELS, RECIPE_NAMES, RECIPES, ConfigError, TrainConfig
 from .data import LAYOUTS, DataError, load_split
 from .distributed import DistInfo, PeerFailed
 from .engine import evaluate
-from .runtime import describe_device, pick_device
+from .runtime import cuda_kernels, describe_device, pick_device
 from .train import RunOptions, train
 
-# Options that may differ from the stored config when resuming: where things are, and (for the
-# step schedule, which does not depend on the run length) how many epochs to run in all.
-RESUME_OVERRIDABLE = {"data", "checkpoint_dir", "use_cuda", "epochs"}
+# Options that may differ from the stored config when resuming: where things are, how (the device, its kernels),
+# and (for the step schedule, which does not depend on the run length) how many epochs to run in all.
+RESUME_OVERRIDABLE = {"data", "checkpoint_dir", "use_cuda", "deterministic", "epochs"}
 # Flags about how to run, not what to train: never part of the TrainConfig.
 RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout"}
 
@@ -72,6 +72,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --tta-flip, also average the views shifted PX pixels up-left and down-right "
                    "(airbench's 6-view TTA; 0 = off)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
+    p.add_argument("--deterministic", action="store_true",
+                   help="CUDA: deterministic cuDNN/cuBLAS kernels, so the same flags (and a resume) give the same "
+                   "result bit for bit, as on the CPU, where runs always are; slower (default: cuDNN picks the "
+                   "fastest kernels, and CUDA runs differ in the last bits)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="fp32 (simplecnn's default recipe, as the report) or auto (the other recipes): bf16 on "
                    "CPUs with native bf16 and on CUDA GPUs that support it, fp16 on other GPUs, else fp32")
@@ -144,11 +148,13 @@ def run_eval_only(path: str, args: argparse.Namespace) -> int:
     test = load_split(data, "test", cache_dir=args.cache_dir)
     if test.classes != list(ckpt.classes):
         raise DataError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt.classes}")
-    model.to(device)
+    # The memory format training evaluated in: on CUDA another layout picks other kernels.
+    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     mean = torch.tensor(ckpt.normalization.mean, device=device)
     std = torch.tensor(ckpt.normalization.std, device=device)
-    result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                      tta_translate=cfg.tta_translate)
+    with cuda_kernels(device, deterministic=True):  # the same figure on every call
+        result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip,
+                          tta_translate=cfg.tta_translate)
     tta = ", flip + translate TTA" if cfg.tta_translate else ", flip TTA" if cfg.tta_flip else ""
     print(f"{path}: test accuracy {100 * result['acc']:.2f}%  loss {result['loss']:.4f}  "
           f"({len(test)} images, {ckpt.arch}, fp32{tta}, {describe_device(device)})")

@@ -94,6 +94,9 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = True
     use_cuda: bool = True
+    # CUDA only: deterministic kernels (cuDNN and cuBLAS), so that the same flags, and a resumed run, give the
+    # same bits there too, as they always do on the CPU; slower. Off, cuDNN benchmarks its algorithms instead.
+    deterministic: bool = False
     checkpoint_dir: str = "checkpoints"
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """train_one_epoch and evaluate: plain functions over on-device uint8 tensors, returning numbers."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from .augment import augment, normalize, translate_views
 from .distributed import all_sum
 from .lookahead import Lookahead
-from .runtime import autocast
+from .runtime import autocast, full_fp32
 
 
 def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -197,10 +198,11 @@ def predict_logits(
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for lo in range(0, images.shape[0], batch_size):
-        x = normalize(images[lo:lo + batch_size].to(device), mean, std)
-        with autocast(device, amp):
-            out.append(tta_logits(model, x, tta_flip, tta_translate))
+    with full_fp32(device) if amp is None else contextlib.nullcontext():
+        for lo in range(0, images.shape[0], batch_size):
+            x = normalize(images[lo:lo + batch_size].to(device), mean, std)
+            with autocast(device, amp):
+                out.append(tta_logits(model, x, tta_flip, tta_translate))
     return torch.cat(out)
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+from typing import Iterator
 
 import torch
 
@@ -48,6 +50,58 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def cuda_kernels(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """How CUDA picks its kernels inside the block, restored after it (settings are per process; tests and
+    sweeps run several trainings in one). Deterministic: cuDNN's and cuBLAS's deterministic kernels, and torch
+    warns about any op that has none. Otherwise cuDNN benchmarks the algorithms for each shape and keeps the
+    fastest, as torchvision's reference trainer does. Nothing changes on the CPU, whose kernels are deterministic."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    if deterministic:
+        # cuBLAS reads it when its handle is made, i.e. at the first matrix product of the process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        cudnn.benchmark, cudnn.deterministic = True, False
+        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+@contextlib.contextmanager
+def full_fp32(device: torch.device) -> Iterator[None]:
+    """IEEE fp32 convolutions and matrix products inside the block. CUDA runs fp32 convolutions in TF32 (10-bit
+    mantissa) by default, so without this an "fp32" evaluation there differs from the CPU's and the export's
+    in the third digit, and argmax ties flip with the kernel picked. Training keeps torch's default."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = False, False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -27,7 +27,7 @@ from .io import atomic_write_json, atomic_write_text
 # Set by the sweep for each cell, so not accepted among the passed-through training flags.
 OWN_FLAGS = {"checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "eval_only": "--eval-only"}
 # Where a cell runs, not how it trains: these may change between a run and its continuation.
-WHERE = {"data", "use_cuda", "checkpoint_dir"}
+WHERE = {"data", "use_cuda", "deterministic", "checkpoint_dir"}
 CSV_FIELDS = ["cell", "lr", "batch_size", "recipe", "epochs", "best_val_acc", "best_epoch", "test_acc",
               "final_train_loss", "train_seconds", "wall_seconds", "img_s", "resumed"]
 

@@ -27,7 +27,7 @@ from .distributed import DistInfo, PeerFailed
 from .engine import Augmentation, Objective, batch_slices, evaluate, train_one_epoch
 from .lookahead import Lookahead
 from .optim import build_optimizer
-from .runtime import amp_dtype, describe_device, peak_memory, pick_device, precision_name
+from .runtime import amp_dtype, cuda_kernels, describe_device, peak_memory, pick_device, precision_name
 
 
 @dataclass
@@ -110,7 +110,7 @@ def train(cfg: TrainConfig, opts: RunOptions, info: DistInfo = DistInfo()) -> in
             raise PeerFailed() from None  # same command line and files as local rank 0, which reports it
         raise
     device = distributed.rank_device(device, info)
-    with distributed.process_group(info, device, opts.dist_timeout):
+    with cuda_kernels(device, cfg.deterministic), distributed.process_group(info, device, opts.dist_timeout):
         run = start_run(cfg, opts, info, device, amp)
         if not run_epochs(run):
             return 130
