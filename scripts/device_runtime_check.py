@@ -1,0 +1,68 @@
+"""The service's TorchScript runtime on CUDA against the CPU, on the whole test split (part of
+scripts/device_check.sh): top-1 agreement, largest |Δprobability|, accuracy, and images/s per batch size.
+
+  python scripts/device_runtime_check.py EXPORT_DIR DATA_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serving.backends import load_backend  # noqa: E402
+from training.data import load_split  # noqa: E402
+
+
+def probabilities(backend, images: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([backend(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def images_per_second(backend, images: np.ndarray, batch: int, seconds: float = 2.0) -> float:
+    backend(images[:batch])  # warm-up: kernels picked, memory allocated
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        backend(images[:batch])  # returns host numpy: every call ends with the copy back, so it is synchronous
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("export_dir", type=Path, help="a folder written by python -m export (model.ts)")
+    p.add_argument("data", help="the dataset (its test split is compared)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device compared with the CPU")
+    args = p.parse_args()
+    model_dir = args.export_dir
+    if not (model_dir / "model.ts").is_file():
+        p.error(f"{model_dir} has no model.ts; give a folder written by python -m export")
+    test = load_split(args.data, "test")
+    images, labels = test.images.numpy(), test.labels.numpy()  # [N, 32, 32, 3] uint8, [N]
+    # torch's thread count is per process and each backend sets it: the CPU one last, so it keeps its 8.
+    gpu = load_backend(model_dir, "torchscript", args.device, 1)
+    cpu = load_backend(model_dir, "torchscript", "cpu", 8)
+    p_cpu, p_gpu = probabilities(cpu, images, 500), probabilities(gpu, images, 500)
+    figures = {
+        "images": len(images), "device": gpu.device,
+        "top1_agreement": float((p_cpu.argmax(1) == p_gpu.argmax(1)).mean()),
+        "max_abs_dprob": float(np.abs(p_cpu - p_gpu).max()),
+        "accuracy_cpu": float((p_cpu.argmax(1) == labels).mean()),
+        "accuracy_device": float((p_gpu.argmax(1) == labels).mean()),
+        "device_img_s": {b: round(images_per_second(gpu, images, b)) for b in (1, 16, 256)},
+        "cpu_img_s": {b: round(images_per_second(cpu, images, b)) for b in (1, 16, 256)},
+    }
+    print(f"| batch | cpu img/s (8 threads) | {args.device} img/s |\n|---|---|---|")
+    for b in (1, 16, 256):
+        print(f"| {b} | {figures['cpu_img_s'][b]} | {figures['device_img_s'][b]} |")
+    print(json.dumps(figures))
+    return 0 if figures["device"] == args.device and figures["top1_agreement"] >= 0.999 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
