@@ -93,6 +93,15 @@ def real_subset(tmp_path_factory) -> Path:
     return root
 
 
+def run_training(*argv: str) -> int:
+    """`python -m training ARGV` in this process. Training runs get --deterministic: the tests compare runs bit
+    for bit, which CUDA only gives with deterministic kernels (the flag changes nothing on the CPU)."""
+    from training.cli import get_args_parser, main
+
+    extra = [] if "--eval-only" in argv else ["--deterministic"]
+    return main(get_args_parser().parse_args([*argv, *extra]))
+
+
 @pytest.fixture(scope="session")
 def brief_checkpoint(tmp_path_factory, real_subset) -> Path:
     """best.pt of 2 epochs on the real subset: a real, if weak, model for export and serving."""

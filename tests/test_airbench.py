@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED_CIFAR, Server, cifar_test_images
+from conftest import ROOT, SHARED_CIFAR, Server, cifar_test_images, run_training
 from training import train as training_train
 from training.checkpoint import load_checkpoint
-from training.cli import get_args_parser, main
 from training.engine import tta_logits
 from training.models import AirbenchNet
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(*argv: str) -> int:
-    # Runs compared bit for bit need deterministic kernels on CUDA (the flag changes nothing on the CPU).
-    extra = [] if "--eval-only" in argv else ["--deterministic"]
-    return main(get_args_parser().parse_args([*argv, *extra]))
 
 
 def test_parameter_count_and_output_shape():
@@ -66,7 +59,7 @@ def test_tta_logits_average_six_views_with_airbench_weights():
 @pytest.fixture(scope="module")
 def airbench_run(real_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("airbench")
-    assert run_cli("--model", "airbench", "--data", str(real_subset), "--epochs", "2", "--batch-size", "64",
+    assert run_training("--model", "airbench", "--data", str(real_subset), "--epochs", "2", "--batch-size", "64",
                    "--val-every", "1", "--checkpoint-dir", str(out), "--quiet") == 0
     return out
 
@@ -81,7 +74,7 @@ def test_a_short_real_run_writes_everything_and_ships_the_last_epoch(airbench_ru
     assert history[-1]["train_loss"] < history[0]["train_loss"] and history[0]["lr"] == pytest.approx(0.15, rel=0.2)
     assert "flip + 1-pixel translate TTA" in (airbench_run / "results.md").read_text()
     # --eval-only rebuilds the network from the checkpoint and reproduces its test accuracy (6-view TTA).
-    assert run_cli("--eval-only", str(airbench_run / "best.pt"), "--data", str(real_subset)) == 0
+    assert run_training("--eval-only", str(airbench_run / "best.pt"), "--data", str(real_subset)) == 0
     assert f"test accuracy {100 * ckpt.metrics['test_acc']:.2f}%" in capsys.readouterr().out
 
 
@@ -90,7 +83,7 @@ def test_resume_after_an_interrupt_reaches_the_uninterrupted_result(real_subset,
     # interrupt after epoch 6 falls between them and last.pt must carry the average to continue exactly.
     base = ["--model", "airbench", "--data", str(real_subset), "--limit-train", "128", "--batch-size", "64",
             "--epochs", "8", "--quiet"]
-    assert run_cli(*base, "--checkpoint-dir", str(tmp_path / "whole")) == 0
+    assert run_training(*base, "--checkpoint-dir", str(tmp_path / "whole")) == 0
     real_record = training_train._record_epoch
 
     def stop_after_6(run, epoch, *args):
@@ -99,10 +92,10 @@ def test_resume_after_an_interrupt_reaches_the_uninterrupted_result(real_subset,
             raise KeyboardInterrupt
 
     monkeypatch.setattr(training_train, "_record_epoch", stop_after_6)
-    assert run_cli(*base, "--checkpoint-dir", str(tmp_path / "cut")) == 130
+    assert run_training(*base, "--checkpoint-dir", str(tmp_path / "cut")) == 130
     monkeypatch.setattr(training_train, "_record_epoch", real_record)
     assert load_checkpoint(tmp_path / "cut" / "last.pt").resume.ema["average"] is not None
-    assert run_cli("--resume", str(tmp_path / "cut" / "last.pt"), "--quiet") == 0
+    assert run_training("--resume", str(tmp_path / "cut" / "last.pt"), "--quiet") == 0
     a, b = (load_checkpoint(tmp_path / d / "best.pt").model for d in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -158,7 +151,7 @@ def test_the_service_answers_with_airbench(airbench_home):
 
 def test_distillation_trains_simplecnn_from_an_airbench_teacher(airbench_run, real_subset, tmp_path):
     teacher = airbench_run / "best.pt"
-    assert run_cli("--recipe", "distill", "--teacher", str(teacher), "--data", str(real_subset), "--epochs", "1",
+    assert run_training("--recipe", "distill", "--teacher", str(teacher), "--data", str(real_subset), "--epochs", "1",
                    "--batch-size", "64", "--checkpoint-dir", str(tmp_path), "--quiet") == 0
     ckpt = load_checkpoint(tmp_path / "best.pt")
     assert ckpt.arch == "simplecnn" and ckpt.config["distill_weight"] == 0.9
@@ -179,12 +172,12 @@ def test_a_teacher_that_cannot_teach_is_one_sentence_and_exit_2(airbench_run, re
         raw["classes"] = raw["classes"][:4]
         teacher = str(tmp_path / "t4.pt")
         torch.save(raw, teacher)
-    assert run_cli("--recipe", "distill", "--teacher", teacher, "--data", str(real_subset), "--epochs", "1",
+    assert run_training("--recipe", "distill", "--teacher", teacher, "--data", str(real_subset), "--epochs", "1",
                    "--checkpoint-dir", str(tmp_path / "out"), "--quiet") == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
 def test_a_checkpoint_of_one_network_resumed_as_another_is_refused(airbench_run, capsys):
-    assert run_cli("--resume", str(airbench_run / "last.pt"), "--model", "simplecnn", "--quiet") == 2
+    assert run_training("--resume", str(airbench_run / "last.pt"), "--model", "simplecnn", "--quiet") == 2
     assert "--model simplecnn differs from the checkpoint's airbench" in capsys.readouterr().err

@@ -11,18 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_training
 from training import io as tio
 from training.checkpoint import build_model, load_checkpoint
-from training.cli import get_args_parser, main
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(*argv: str) -> int:
-    # Runs compared bit for bit need deterministic kernels on CUDA (the flag changes nothing on the CPU).
-    extra = [] if "--eval-only" in argv else ["--deterministic"]
-    return main(get_args_parser().parse_args([*argv, *extra]))
 
 
 def _history(path: Path) -> list[dict]:
@@ -39,7 +32,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="module")
 def trained(real_subset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run3")
-    assert run_cli("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
+    assert run_training("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
                    "--checkpoint-dir", str(out), "--quiet") == 0
     return out
 
@@ -73,28 +66,28 @@ def test_best_checkpoint_is_self_describing(trained):
 
 
 def test_same_flags_give_the_same_history(trained, real_subset, tmp_path):
-    assert run_cli("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
+    assert run_training("--data", str(real_subset), "--epochs", "3", "--batch-size", "32",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
     assert _history(tmp_path) == _history(trained)
     assert _same_weights(tmp_path / "last.pt", trained / "last.pt")
 
 
 def test_resume_reaches_the_uninterrupted_result(trained, real_subset, tmp_path):
-    assert run_cli("--data", str(real_subset), "--epochs", "1", "--batch-size", "32",
+    assert run_training("--data", str(real_subset), "--epochs", "1", "--batch-size", "32",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
-    assert run_cli("--resume", str(tmp_path / "last.pt"), "--epochs", "3", "--quiet") == 0
+    assert run_training("--resume", str(tmp_path / "last.pt"), "--epochs", "3", "--quiet") == 0
     assert _history(tmp_path) == _history(trained)
     assert _same_weights(tmp_path / "last.pt", trained / "last.pt")
     assert _same_weights(tmp_path / "best.pt", trained / "best.pt")
 
 
 def test_resume_rejects_a_changed_hyperparameter(trained, capsys):
-    assert run_cli("--resume", str(trained / "last.pt"), "--lr", "0.5", "--quiet") == 2
+    assert run_training("--resume", str(trained / "last.pt"), "--lr", "0.5", "--quiet") == 2
     assert "--lr 0.5 differs from the checkpoint's 0.001" in capsys.readouterr().err
 
 
 def test_eval_only_reproduces_the_stored_test_accuracy(trained, real_subset, capsys):
-    assert run_cli("--eval-only", str(trained / "best.pt"), "--data", str(real_subset)) == 0
+    assert run_training("--eval-only", str(trained / "best.pt"), "--data", str(real_subset)) == 0
     out = capsys.readouterr().out
     acc = load_checkpoint(trained / "best.pt").metrics["test_acc"]
     assert f"test accuracy {100 * acc:.2f}%" in out
@@ -117,7 +110,7 @@ def test_eval_only_reproduces_the_stored_test_accuracy(trained, real_subset, cap
 def test_bad_checkpoints_are_one_clear_error(trained, real_subset, tmp_path, capsys, make, message):
     path = tmp_path / "ckpt.pt"
     make(path, trained / "best.pt")
-    assert run_cli("--eval-only", str(path), "--data", str(real_subset)) == 2
+    assert run_training("--eval-only", str(path), "--data", str(real_subset)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
@@ -138,7 +131,7 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(trained, monkeypatch):
 
 
 def test_val_split_holds_out_training_images_and_tests_once(real_subset, tmp_path):
-    assert run_cli("--data", str(real_subset), "--epochs", "1", "--val-split", "100", "--batch-size", "32",
+    assert run_training("--data", str(real_subset), "--epochs", "1", "--val-split", "100", "--batch-size", "32",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
     ckpt = load_checkpoint(tmp_path / "best.pt")
     assert ckpt.provenance["dataset"]["train_images"] == 500
@@ -149,7 +142,7 @@ def test_val_split_holds_out_training_images_and_tests_once(real_subset, tmp_pat
 
 
 def test_fast_recipe_runs(real_subset, tmp_path):
-    assert run_cli("--data", str(real_subset), "--recipe", "fast", "--epochs", "2", "--batch-size", "64",
+    assert run_training("--data", str(real_subset), "--recipe", "fast", "--epochs", "2", "--batch-size", "64",
                    "--checkpoint-dir", str(tmp_path), "--quiet") == 0
     cfg = load_checkpoint(tmp_path / "best.pt").config
     assert cfg["recipe"] == "fast" and cfg["optimizer"] == "sgd" and cfg["tta_flip"] is True
@@ -180,8 +173,8 @@ def test_ctrl_c_saves_last_and_resume_finishes_the_same(real_subset, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     done = load_checkpoint(out / "last.pt").epoch
     assert done >= 1
-    assert run_cli("--resume", str(out / "last.pt"), "--epochs", str(done + 1)) == 0
-    assert run_cli(*base, "--epochs", str(done + 1), "--checkpoint-dir", str(ref)) == 0
+    assert run_training("--resume", str(out / "last.pt"), "--epochs", str(done + 1)) == 0
+    assert run_training(*base, "--epochs", str(done + 1), "--checkpoint-dir", str(ref)) == 0
     assert _same_weights(out / "last.pt", ref / "last.pt")
     assert _history(out) == _history(ref)
 

@@ -89,19 +89,17 @@ def full_fp32(device: torch.device) -> Iterator[None]:
         return
     conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
-        saved = (conv.fp32_precision, matmul.fp32_precision)
-        conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, matmul.fp32_precision = saved
+        flags = [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
     else:
-        saved = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = False, False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+        flags = [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
