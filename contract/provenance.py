@@ -8,13 +8,19 @@ from typing import Optional
 
 
 def git_commit() -> Optional[str]:
-    """HEAD of the checkout this package lives in, or None outside a git checkout."""
+    """HEAD of the checkout this package lives in, with "-dirty" appended (git describe's convention) when
+    tracked files differ from it, so that a run from edited code never claims a commit it did not run;
+    None outside a git checkout."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        # Exit 1: tracked files differ from HEAD (untracked files, such as checkpoints, do not count).
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=30, cwd=here)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return head.stdout.strip() + ("-dirty" if diff.returncode == 1 else "")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from . import distributed, report
 from .checkpoint import CheckpointError, build_model, config_of, load_checkpoint
-from .config import MODELS, RECIPE_NAMES, RECIPES, ConfigError, TrainConfig
+from .config import MODELS, PLACEMENT_FIELDS, RECIPE_NAMES, RECIPES, ConfigError, TrainConfig
 from .data import LAYOUTS, DataError, load_split
 from .distributed import DistInfo, PeerFailed
 from .engine import evaluate
@@ -24,7 +24,7 @@ from .train import RunOptions, train
 
 # Options that may differ from the stored config when resuming: where things are, how (the device, its kernels),
 # and (for the step schedule, which does not depend on the run length) how many epochs to run in all.
-RESUME_OVERRIDABLE = {"data", "checkpoint_dir", "use_cuda", "deterministic", "epochs"}
+RESUME_OVERRIDABLE = PLACEMENT_FIELDS | {"epochs"}
 # Flags about how to run, not what to train: never part of the TrainConfig.
 RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout"}
 

@@ -18,6 +18,11 @@ CHOICES = {
 }
 
 
+# Fields that say where and how a run executes, not what it learns: a resumed run may change them, and a
+# sweep cell that differs only in them is the same cell.
+PLACEMENT_FIELDS = frozenset({"data", "checkpoint_dir", "use_cuda", "deterministic"})
+
+
 class ConfigError(ValueError):
     """A config value a user gave is unknown, of the wrong type or out of range."""
 

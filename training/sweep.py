@@ -21,13 +21,11 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .cli import config_from_args
 from .cli import get_args_parser as training_args_parser
 from .cli import main as train_main
-from .config import ConfigError
+from .config import PLACEMENT_FIELDS, ConfigError
 from .io import atomic_write_json, atomic_write_text
 
 # Set by the sweep for each cell, so not accepted among the passed-through training flags.
 OWN_FLAGS = {"checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "eval_only": "--eval-only"}
-# Where a cell runs, not how it trains: these may change between a run and its continuation.
-WHERE = {"data", "use_cuda", "deterministic", "checkpoint_dir"}
 CSV_FIELDS = ["cell", "lr", "batch_size", "recipe", "epochs", "best_val_acc", "best_epoch", "test_acc",
               "final_train_loss", "train_seconds", "wall_seconds", "img_s", "resumed"]
 
@@ -129,7 +127,7 @@ def _state(cell: dict[str, Any]) -> str:
     else:
         return "new"
     wanted = cfg.to_dict()
-    differ = sorted(k for k in wanted if k not in WHERE and stored.get(k) != wanted[k])
+    differ = sorted(k for k in wanted if k not in PLACEMENT_FIELDS and stored.get(k) != wanted[k])
     if differ:
         raise SweepError(f"{folder} holds a run with other settings ({', '.join(differ)}); use another --out "
                          "or the same flags")
