@@ -41,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="artifacts", help="output folder (default ./artifacts)")
     p.add_argument("--data", default=None,
                    help="dataset with the test split for the parity check "
-                   "(default: the checkpoint's, else $CIFAR10_DATA)")
+                   "(default: $CIFAR10_DATA, else the checkpoint's)")
     p.add_argument("--parity-images", type=int, default=2000,
                    help="test images compared across eager, TorchScript and ONNX Runtime (default 2000, minimum 1000)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δlogit| (default 1e-4)")
@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration:
         calibration = _calibrate(ckpt, data, wrapper, all_logits, cal_labels)
         wrapper.temperature.fill_(calibration["temperature"])
+        # Before the graphs are written, so that their own metadata (ONNX metadata_props, model.ts's extra file)
+        # carries the temperature baked into them.
+        meta.calibration = {k: v for k, v in calibration.items() if k != "_held"}
         before, after = calibration["before"], calibration["after"]
         say(f"  calibration  T = {calibration['temperature']:.4f}: ECE {100 * before['ece']:.2f}% -> "
             f"{100 * after['ece']:.2f}%, NLL {before['nll']:.4f} -> {after['nll']:.4f} "
@@ -191,16 +194,17 @@ def run(args: argparse.Namespace) -> int:
             f"{METHODS[ckpt.arch]} ({n - int(kinks.sum())} images, {LAYERS[ckpt.arch].split(' ')[0]}; "
             f"{int(kinks.sum())} at a ReLU kink left out: "
             f"{report['explanation']['max_abs_heatmap_diff_all']:.2e} with them)")
-        if report["explanation"]["max_abs_heatmap_diff"] > args.tolerance:
+        # `not x <= tol`, so that a NaN difference fails too.
+        if not report["explanation"]["max_abs_heatmap_diff"] <= args.tolerance:
             bad.append(f"explain.onnx: max |Δheatmap| {report['explanation']['max_abs_heatmap_diff']:.2e} > "
                        f"{args.tolerance:.0e}")
-        if report["explanation"]["max_abs_prob_diff"] > args.tolerance:
+        if not report["explanation"]["max_abs_prob_diff"] <= args.tolerance:
             bad.append(f"explain.onnx: probabilities differ from model.onnx by "
                        f"{report['explanation']['max_abs_prob_diff']:.2e}")
         if args.int8 and not bad:
             report["int8"] = _int8(args, data, staging, images, labels, all_logits, wrapper, cal_images, cal_labels,
                                    say)
-            if report["int8"]["drop_points"] > args.int8_max_drop:
+            if not report["int8"]["drop_points"] <= args.int8_max_drop:
                 bad.append(f"model.int8.onnx: accuracy {100 * report['int8']['test_accuracy']:.2f}% on the test split "
                            f"is {report['int8']['drop_points']:.2f} points below fp32 "
                            f"({100 * report['int8']['fp32_test_accuracy']:.2f}%), more than --int8-max-drop "
@@ -228,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
         meta.write(staging / "metadata.json")
         for name in written:
             os.replace(staging / name, out / name)
+        for name in set(ARTIFACTS) - set(written):
+            # An earlier export's file this one did not write (e.g. model.int8.onnx after --no-int8) would
+            # sit beside metadata.json that no longer lists it.
+            (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"exported {out / 'model.ts'}, {out / 'model.onnx'} and the explanation graphs: parity on {n} test images "
@@ -244,7 +252,16 @@ def _calibrate(ckpt, data: str, wrapper: torch.nn.Module, test_logits: torch.Ten
     held_out = int(ckpt.config.get("val_split") or 0)
     if not held_out:
         return calibrate(test_logits, test_labels)
-    val = holdout(load_split(data, "train"), int(ckpt.config["seed"]), held_out)
+    train = load_split(data, "train")
+    ran = ckpt.provenance.get("dataset") or {}
+    if not ckpt.config.get("limit_train") and {"train_images", "val_images"} <= ran.keys():
+        # The hold-out is a seeded draw over the whole training split: another copy of the data would give
+        # other images, some of which the run trained on.
+        if len(train) != ran["train_images"] + ran["val_images"]:
+            raise ExportError(f"the training split of {data} has {len(train)} images, the run's had "
+                              f"{ran['train_images'] + ran['val_images']}: its --val-split hold-out cannot be "
+                              "rebuilt from it; give --data the dataset the run trained on")
+    val = holdout(train, int(ckpt.config["seed"]), held_out)
     return calibrate_on(_eager_logits(wrapper, val.images), val.labels, test_logits, test_labels,
                         torch.arange(len(test_labels)), "held-out training images",
                         f"the {held_out} training images the run held out (--val-split {held_out}, seed "

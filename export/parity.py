@@ -57,7 +57,9 @@ def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
     ref_logits, ref_probs = outputs[reference]
     report: dict[str, Any] = {"images": int(len(images)), "reference": reference, "artifacts": {}}
     for name, (logits, probs) in outputs.items():
-        entry = {"accuracy": float((logits.argmax(1) == labels).mean())}
+        entry = {"accuracy": float((logits.argmax(1) == labels).mean()),
+                 # argmax of NaN is 0 in every runtime: NaN outputs would "agree" and pass every comparison.
+                 "non_finite_outputs": int((~np.isfinite(logits)).sum() + (~np.isfinite(probs)).sum())}
         if name != reference:
             entry.update({
                 "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
@@ -72,9 +74,11 @@ def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
 def failures(report: dict[str, Any], tolerance: float) -> list[str]:
     out = []
     for name, entry in report["artifacts"].items():
+        if entry["non_finite_outputs"]:
+            out.append(f"{name}: {entry['non_finite_outputs']} NaN or infinite outputs (a diverged checkpoint?)")
         if name == report["reference"]:
             continue
-        if entry["max_abs_logit_diff"] > tolerance:
+        if not entry["max_abs_logit_diff"] <= tolerance:  # written so that NaN fails
             out.append(f"{name}: max |Δlogit| {entry['max_abs_logit_diff']:.2e} > {tolerance:.0e}")
         if entry["top1_agreement"] < 1.0:
             out.append(f"{name}: top-1 disagrees on {round((1 - entry['top1_agreement']) * report['images'])} images")

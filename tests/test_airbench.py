@@ -30,6 +30,19 @@ def test_parameter_count_and_output_shape():
     assert AirbenchNet(num_classes=4)(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
+def test_batchnorm_shifts_keep_their_learning_rate_under_sync_batchnorm():
+    # torchrun --sync-bn converts the BatchNorms before the optimizer is built.
+    from training.config import TrainConfig
+    from training.optim import param_groups
+
+    cfg = TrainConfig.for_recipe("default", "airbench")
+    model = AirbenchNet()
+    plain = [(len(g["params"]), g["lr"], g["weight_decay"]) for g in param_groups(cfg, model)]
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in param_groups(cfg, synced)] == plain
+    assert plain[1][:2] == (6, cfg.lr * cfg.bias_lr_scale)  # the six BatchNorm shifts
+
+
 def test_whitening_stem_whitens_the_patches_it_was_fitted_on():
     torch.manual_seed(0)
     mix = torch.randn(3, 3)

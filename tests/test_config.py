@@ -20,7 +20,7 @@ def test_recipe_then_explicit_overrides():
 @pytest.mark.parametrize("bad, message", [
     ({"bogus": 1}, "unknown config option"),
     ({"epochs": 2.5}, "epochs must be int"),
-    ({"lr": "0.1"}, "lr must be float"),
+    ({"lr": "0.1"}, "lr must be a finite float"),
     ({"flip": 1}, "flip must be bool"),
     ({"epochs": 0}, "epochs must be positive"),
     ({"batch_size": -4}, "batch_size must be positive"),
@@ -35,6 +35,11 @@ def test_recipe_then_explicit_overrides():
     ({"recipe": "distill", "distill_weight": 0.9}, "distillation needs a teacher"),
     ({"teacher": "t.pt"}, "--teacher is used by distillation only"),
     ({"distill_weight": 1.5, "teacher": "t.pt"}, "distill_weight must be in"),
+    ({"lr": float("nan")}, "lr must be a finite float"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite float"),
+    ({"seed": -1}, "seed must be in"),
+    ({"seed": 2**64}, "seed must be in"),
+    ({"ema_decay": 0.99, "lookahead_every": 5}, "two weight averages"),
 ])
 def test_bad_values_are_rejected(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -84,3 +89,14 @@ def test_the_reports_recipe_trains_in_fp32_and_the_tuned_recipes_in_auto_precisi
     assert TrainConfig.for_recipe("fast").precision == RECIPES["simplecnn"]["distill"]["precision"] == "auto"
     assert TrainConfig.for_recipe("default", model="airbench").precision == "auto"
     assert TrainConfig.for_recipe("default", precision="bf16").precision == "bf16"
+
+
+def test_a_resume_may_turn_the_device_flags_either_way():
+    from training.cli import get_args_parser, resume_config
+
+    stored = TrainConfig.for_recipe("default", use_cuda=False, deterministic=True)
+    args = get_args_parser().parse_args(["--resume", "run/last.pt", "--cuda", "--no-deterministic"])
+    cfg = resume_config(args, stored, "run/last.pt")
+    assert cfg.use_cuda is True and cfg.deterministic is False
+    kept = resume_config(get_args_parser().parse_args(["--resume", "run/last.pt"]), stored, "run/last.pt")
+    assert kept.use_cuda is False and kept.deterministic is True

@@ -151,7 +151,11 @@ def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(br
     from training.data import load_split, prepare_data
 
     ckpt = load_checkpoint(brief_checkpoint)
-    ckpt = dataclasses.replace(ckpt, config={**ckpt.config, "val_split": 120, "seed": 3, "data": str(real_subset)})
+    n_train = len(load_split(real_subset, "train"))
+    ran = {**ckpt.provenance, "dataset": {**ckpt.provenance["dataset"], "train_images": n_train - 120,
+                                          "val_images": 120}}
+    ckpt = dataclasses.replace(ckpt, config={**ckpt.config, "val_split": 120, "seed": 3, "data": str(real_subset)},
+                               provenance=ran)
     wrapper = classifier_from_checkpoint(ckpt, brief_checkpoint)
     test = load_split(real_subset, "test")
     logits = _eager_logits(wrapper, test.images)
@@ -162,6 +166,12 @@ def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(br
     assert result["temperature"] == pytest.approx(fit_temperature(_eager_logits(wrapper, val.images), val.labels))
     assert "--val-split 120" in result["images"] and result["fit_source"] == "held-out training images"
     assert result["before"] == figures(logits, test.labels, 1.0)
+    # Another copy of the data (here: one with more training images) cannot rebuild the run's hold-out.
+    from export.cli import ExportError
+
+    bigger = dataclasses.replace(ckpt, provenance={**ran, "dataset": {**ran["dataset"], "train_images": n_train}})
+    with pytest.raises(ExportError, match=f"has {n_train} images, the run's had {n_train + 120}"):
+        _calibrate(bigger, str(real_subset), wrapper, logits, test.labels)
     # Without a hold-out, a seeded half of the test images fits and the other half reports.
     plain = _calibrate(load_checkpoint(brief_checkpoint), str(real_subset), wrapper, logits, test.labels)
     assert plain["fit_images"] == plain["report_images"] == 150

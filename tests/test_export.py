@@ -71,6 +71,9 @@ def test_onnx_is_valid_and_carries_metadata(artifacts, checkpoint):
     assert json.loads(props["source_checkpoint"])["sha256"] == json.loads(
         (artifacts / "metadata.json").read_text())["source_checkpoint"]["sha256"]
     assert json.loads(props["metrics"])["test_acc"] == ckpt.metrics["test_acc"]
+    # The temperature baked into `probabilities` travels with the graph itself.
+    temperature = json.loads((artifacts / "metadata.json").read_text())["calibration"]["temperature"]
+    assert json.loads(props["calibration"])["temperature"] == temperature
     for key in ("training_config", "versions", "exported_at"):
         assert key in props
 
@@ -202,8 +205,30 @@ def test_int8_drop_guard_refuses_and_leaves_previous_artifacts(artifacts, checkp
 
 
 def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path):
+    # Left by an earlier export into the same folder: gone afterwards, as metadata.json does not list them.
+    (tmp_path / "model.int8.onnx").write_bytes(b"an older model")
+    (tmp_path / "reliability.png").write_bytes(b"an older plot")
+    (tmp_path / "notes.txt").write_text("not an artifact: kept")
     assert export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--data", str(shared_data),
                   "--parity-images", "1000", "--no-int8", "--no-calibration", "--quiet") == 0
     assert not (tmp_path / "model.int8.onnx").exists() and not (tmp_path / "reliability.png").exists()
+    assert (tmp_path / "notes.txt").exists()
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert meta["int8"] is None and meta["calibration"] is None
+
+
+def test_parity_refuses_nan_outputs_that_would_otherwise_agree():
+    # A diverged checkpoint: every runtime gives NaN, argmax says 0 everywhere, and NaN > tolerance is False.
+    from export.parity import compare, failures
+
+    images, labels = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
+    nan = np.full((4, 10), np.nan, np.float32)
+    report = compare(images, labels, {"eager": lambda x: (nan[:len(x)], nan[:len(x)]),
+                                      "onnxruntime": lambda x: (nan[:len(x)], nan[:len(x)])})
+    assert report["artifacts"]["onnxruntime"]["top1_agreement"] == 1.0  # what the old gates looked at
+    bad = failures(report, 1e-4)
+    assert any("eager: 80 NaN or infinite outputs" in b for b in bad)
+    assert any("max |Δlogit| nan" in b for b in bad)
+    fine = np.eye(10, dtype=np.float32)[:4]
+    assert failures(compare(images, labels, {"eager": lambda x: (fine, fine), "onnxruntime": lambda x: (fine, fine)}),
+                    1e-4) == []

@@ -81,6 +81,18 @@ def test_resume_reaches_the_uninterrupted_result(trained, real_subset, tmp_path)
     assert _same_weights(tmp_path / "best.pt", trained / "best.pt")
 
 
+def test_a_resumed_run_keeps_the_batch_it_started_with(trained, tmp_path, capsys):
+    # As if started on a GPU (the default recipe's batch: 128 there, 64 here) and resumed on this CPU.
+    raw = torch.load(trained / "last.pt", weights_only=True)
+    raw["config"]["batch_size"] = None
+    raw["provenance"]["batch_size"] = 32
+    raw["config"]["checkpoint_dir"] = str(tmp_path)
+    torch.save(raw, tmp_path / "last.pt")
+    assert run_training("--resume", str(tmp_path / "last.pt"), "--epochs", "4") == 0
+    assert ", batch 32," in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "last.pt").provenance["batch_size"] == 32
+
+
 def test_resume_rejects_a_changed_hyperparameter(trained, capsys):
     assert run_training("--resume", str(trained / "last.pt"), "--lr", "0.5", "--quiet") == 2
     assert "--lr 0.5 differs from the checkpoint's 0.001" in capsys.readouterr().err
@@ -111,6 +123,21 @@ def test_bad_checkpoints_are_one_clear_error(trained, real_subset, tmp_path, cap
     path = tmp_path / "ckpt.pt"
     make(path, trained / "best.pt")
     assert run_training("--eval-only", str(path), "--data", str(real_subset)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--checkpoint-dir", "{tmp}/a-file/run"], "cannot create --checkpoint-dir"),
+    (["--dist-timeout", "nan"], "--dist-timeout must be a positive number"),
+    (["--lr", "inf"], "lr must be a finite float"),
+])
+def test_bad_run_flags_are_one_clear_error(real_subset, tmp_path, capsys, flags, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    if "--checkpoint-dir" not in flags:
+        flags += ["--checkpoint-dir", str(tmp_path / "run")]
+    assert run_training("--data", str(real_subset), "--epochs", "1", "--quiet", *flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

@@ -72,7 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --tta-flip, also average the views shifted PX pixels up-left and down-right "
                    "(airbench's 6-view TTA; 0 = off)")
     p.add_argument("--no-cuda", dest="use_cuda", action="store_false", help="train on the CPU even if CUDA is present")
-    p.add_argument("--deterministic", action="store_true",
+    p.add_argument("--cuda", dest="use_cuda", action="store_true",
+                   help="use CUDA when present (the default; with --resume, continues a --no-cuda run on the GPU)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                    help="CUDA: deterministic cuDNN/cuBLAS kernels, so the same flags (and a resume) give the same "
                    "result bit for bit, as on the CPU, where runs always are; slower (default: cuDNN picks the "
                    "fastest kernels, and CUDA runs differ in the last bits)")
@@ -108,8 +110,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="how long a process waits for the others (to join, or in a collective) before the job "
                    "fails (default 600; the first decode of a large dataset on local rank 0 must fit in it)")
     return p
-
-
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,8 +165,9 @@ def run_eval_only(path: str, args: argparse.Namespace) -> int:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """Flags about how to run, with the checkpoint to resume from loaded (onto the CPU: each rank moves it)."""
-    if args.dist_timeout <= 0:
-        raise ConfigError(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    if not 0 < args.dist_timeout < 10**6:  # also refuses nan and inf, which timedelta cannot hold
+        raise ConfigError(f"--dist-timeout must be a positive number of seconds below 1,000,000, "
+                          f"got {args.dist_timeout}")
     opts = RunOptions(download=args.download, cache_dir=args.cache_dir, quiet=args.quiet, threads=args.threads,
                       dist_timeout=args.dist_timeout, resume_path=args.resume)
     if args.resume:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,6 +22,11 @@ CHOICES = {
 # Fields that say where and how a run executes, not what it learns: a resumed run may change them, and a
 # sweep cell that differs only in them is the same cell.
 PLACEMENT_FIELDS = frozenset({"data", "checkpoint_dir", "use_cuda", "deterministic"})
+
+
+# The largest --seed: the run derives other generators' seeds from it by adding up to 1,000,000, and torch
+# seeds are 64-bit.
+MAX_SEED = 2**63 - 1_000_001
 
 
 class ConfigError(ValueError):
@@ -193,12 +199,14 @@ def _check_type(name: str, value: Any, expected: Any) -> None:
         return
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        # NaN and infinity pass every range check below (comparisons with NaN are False): refused here.
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
     }[base]
     if not ok:
-        raise ConfigError(f"config option {name} must be {base}, got {type(value).__name__} {value!r}")
+        what = "a finite float" if base == "float" else base
+        raise ConfigError(f"config option {name} must be {what}, got {type(value).__name__} {value!r}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -235,6 +243,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"warmup_frac must be in (0, 1), got {cfg.warmup_frac}")
     if not 0.0 < cfg.lookahead_decay < 1.0:
         raise ConfigError(f"lookahead_decay must be in (0, 1), got {cfg.lookahead_decay}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {cfg.seed}")
+    if cfg.ema_decay and cfg.lookahead_every:
+        raise ConfigError("--ema-decay and lookahead averaging (--lookahead-every) are two weight averages; "
+                          "use one of them")
     if cfg.model != "simplecnn" and cfg.dropout:
         raise ConfigError(f"--dropout is SimpleCNN's; {cfg.model} has no dropout layer")
     if cfg.tta_translate and not cfg.tta_flip:

@@ -1,28 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, cache or report."""
+"""Atomic writes of torch objects, text and JSON (contract.atomic does the renaming)."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) for a temp file beside path, then rename it over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: the old file stays, the partial one goes.
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from contract.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

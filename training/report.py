@@ -14,8 +14,9 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from contract import reports  # noqa: E402
+from contract.atomic import atomic_write  # noqa: E402
 
-from .io import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
+from .io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -75,7 +75,7 @@ def restore(saved: dict[str, Any], seed: int, epoch: int, device: torch.device,
         order = _generator(mine["order"], device) if mine["order"] is not None else None
         return Streams(_generator(mine["augment"], device), order), None
     # Seeded from (seed, epoch), so resuming the same file twice still gives the same run.
-    fresh = seed * 1_000_003 + epoch
+    fresh = (seed * 1_000_003 + epoch) % 2**62  # the same numbers as before for any seed below 2**42
     torch.manual_seed(fresh)  # start() seeds the global stream itself only under DDP
     return start(fresh, device, info), (
         f"the random streams restart from (seed, epoch) because {why}: the continued run is deterministic, "

@@ -156,10 +156,17 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
     """Data, model, optimizer and (when resuming) the state of the last finished epoch."""
     out_dir = Path(cfg.checkpoint_dir)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create --checkpoint-dir {out_dir}: {exc.strerror or exc}") from None
     train_set, val_set, test_set, val_source = distributed.local_main_first(
         info, device, lambda: _load_data(cfg, opts, info))
     batch_size = cfg.resolved_batch_size(device.type == "cuda")
+    if opts.resume is not None and cfg.batch_size is None:
+        # A recipe without a batch size takes the device's (64 on CPU, 128 on CUDA); a run resumed on the other
+        # kind of device keeps the batch it started with.
+        batch_size = int(opts.resume.provenance.get("batch_size", batch_size))
 
     teacher, teacher_info = load_teacher(cfg, train_set, device)
     torch.manual_seed(cfg.seed)
@@ -187,7 +194,7 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
                               cfg.epochs * steps_per_epoch)
 
     provenance = {
-        "git_commit": git_commit(), "torch": str(torch.__version__),
+        "git_commit": git_commit(), "torch": str(torch.__version__), "batch_size": batch_size,
         "dataset": {"path": str(Path(cfg.data).resolve()), "train_images": len(train_set),
                     "val_images": len(val_set), "test_images": len(test_set), "val_source": val_source},
     }

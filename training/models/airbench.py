@@ -106,4 +106,6 @@ class AirbenchNet(nn.Module):
 
     def bias_parameters(self) -> list[nn.Parameter]:
         """The BatchNorm shifts, which the recipe trains with a larger learning rate."""
-        return [m.bias for m in self.modules() if isinstance(m, BatchNormShiftOnly)]
+        # Any BatchNorm, not only BatchNormShiftOnly: under torchrun --sync-bn they are SyncBatchNorm by then
+        # (which keeps the same parameter objects).
+        return [m.bias for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
