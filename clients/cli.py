@@ -64,6 +64,12 @@ def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, 
             return explanation.prediction, None
         except ServiceError as exc:
             return None, str(exc)
+        except ServiceUnreachable as exc:
+            if exc.timed_out:  # this file took too long; the others may not
+                return None, str(exc)
+            raise  # the service is not there: one sentence for the whole run (cli())
+        except OSError as exc:  # unreadable file, overlay not writable
+            return None, f"{exc.strerror or exc}"
 
     if explain_dir is not None:
         explain_dir.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,10 @@ class ServiceError(Exception):
 class ServiceUnreachable(ConnectionError):
     """No answer from the service (refused, unresolvable, timed out, cut off): the URL tried and why."""
 
-    def __init__(self, url: str, reason: str):
+    def __init__(self, url: str, reason: str, timed_out: bool = False):
         super().__init__(f"no answer from the service at {url}: {reason}")
-        self.url, self.reason = url, reason
+        # timed_out: connected and sent, no answer in time (that request's problem, perhaps not the next one's).
+        self.url, self.reason, self.timed_out = url, reason, timed_out
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def image_part(image: ImageInput, name: str | None = None) -> tuple[str, bytes, 
         image.save(buf, format="PNG")
         return name or "image.png", buf.getvalue(), "image/png"
     if hasattr(image, "read"):
-        filename = Path(getattr(image, "name", "") or "image").name
+        named = getattr(image, "name", None)  # an int for TemporaryFile() and open(fd)
+        filename = Path(named).name if isinstance(named, str) and named else "image"
         return name or filename, image.read(), "application/octet-stream"
     raise TypeError(f"cannot send a {type(image).__name__} as an image: give a path, bytes, a binary file "
                     "or a PIL image")
@@ -140,7 +142,8 @@ class Client:
                 if last:
                     raise ServiceUnreachable(self.url + path, str(exc) or type(exc).__name__) from None
             except httpx.TransportError as exc:  # sent, maybe processed: not ours to repeat
-                raise ServiceUnreachable(self.url + path, str(exc) or type(exc).__name__) from None
+                raise ServiceUnreachable(self.url + path, str(exc) or type(exc).__name__,
+                                         timed_out=isinstance(exc, httpx.TimeoutException)) from None
             else:
                 if response.status_code != 503 or last:
                     return response

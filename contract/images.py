@@ -31,8 +31,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         # 16-bit grayscale: PIL's convert("RGB") would clip at 255 instead of scaling.
         arr = np.asarray(im, dtype=np.uint32)
         im = Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("P", "1", "L", "RGB") and "transparency" in im.info:
+        # A palette entry or (PNG tRNS) one grey level or colour marked transparent: an alpha channel.
+        im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         # Transparent pixels are shown on white, as a browser shows them.
         rgba = im.convert("RGBA")
@@ -45,7 +46,10 @@ def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB."""
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
-    im = ImageOps.exif_transpose(im)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block (wrong tag types) still leaves readable pixels
+        pass
     im = _to_rgb(im)
     if im.size != (size, size):
         im = im.resize((size, size), RESIZE_FILTER)
@@ -71,6 +75,6 @@ def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PI
                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError...)
         raise ImageError("corrupt_image",
                          f"the image could not be decoded; it is truncated or corrupt ({exc})") from None

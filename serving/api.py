@@ -23,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
+import anyio.to_thread
 import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -86,12 +87,32 @@ def _replay(body: bytes):
     return receive
 
 
+def _unquoted(raw: Any) -> Any:
+    """A text field as sent: BentoML's own client JSON-encodes every non-file multipart field ("ship" arrives
+    as '"ship"'), curl and browsers do not."""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return raw
+        return value if isinstance(value, str) else raw
+    return raw
+
+
+def _whole_number(raw: Any) -> Any:
+    """An ASCII decimal string of at most 9 digits as an int; anything else unchanged (for the caller's error).
+    (str.isdigit() accepts "²", and int() refuses it and numbers past 4,300 digits: both were a 500.)"""
+    if isinstance(raw, str) and re.fullmatch(r"\+?[0-9]{1,9}", raw.strip()):
+        return int(raw.strip())
+    return raw
+
+
 def top_k(raw: Any, num_classes: int) -> int:
     """top_k from a form field, a query parameter (strings) or a JSON value (an integer); default 3."""
+    raw = _unquoted(raw)
     if raw is None or raw == "":
         return min(3, num_classes)
-    if isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
-        raw = int(raw.strip())
+    raw = _whole_number(raw)
     if not isinstance(raw, int) or isinstance(raw, bool):
         raise RequestError(400, "invalid_top_k", f"top_k must be a whole number from 1 to {num_classes}, got {raw!r}")
     if not 1 <= raw <= num_classes:
@@ -163,7 +184,9 @@ async def _parse_multipart(request: Request, field: str, limit: int, extra: tupl
 def _parse_json(body: bytes, field: str, limit: int, extra: tuple[str, ...]) -> Parsed:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:  # e.g. 100,000 "[": deeper than the parser's stack
+        raise RequestError(400, "malformed_json", "the JSON body is nested too deeply") from None
+    except ValueError as exc:
         raise RequestError(400, "malformed_json", f"the body is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise RequestError(400, "malformed_json", f"the JSON body must be an object like {{\"{field}\": \"<base64>\"}}")
@@ -202,12 +225,27 @@ def _b64(value: Any, limit: int, where: str) -> bytes:
     return data
 
 
-def _decode(data: bytes, svc, name: str) -> np.ndarray:
+# Uploads up to this size decode on the event loop (a CIFAR-10 JPEG is 1-2 kB and decodes in tens of
+# microseconds, less than a thread hop); larger ones, which may hold up to CIFAR10_MAX_PIXELS pixels and take
+# seconds, decode in a worker thread so that they never stall other requests, /readyz and /livez.
+INLINE_DECODE_BYTES = 8 * 1024
+
+
+def _decode_one(data: bytes, svc, name: str) -> np.ndarray:
     try:
         return decode(data, svc.input_size, svc.max_pixels)
     except ImageError as exc:
         status = 413 if exc.code == "image_too_large" else 400
         raise RequestError(status, exc.code, f"{name}: {exc}") from None
+
+
+async def _decode(images: list[tuple[bytes, str]], svc) -> list[np.ndarray]:
+    """Every (bytes, name) of a request decoded, in order; the first bad one raises its RequestError."""
+    def run() -> list[np.ndarray]:
+        return [_decode_one(data, svc, name) for data, name in images]
+    if sum(len(data) for data, _ in images) <= INLINE_DECODE_BYTES:
+        return run()
+    return await anyio.to_thread.run_sync(run)
 
 
 async def classify(request: Request) -> Response:
@@ -216,8 +254,7 @@ async def classify(request: Request) -> Response:
     if len(req.images) != 1:
         raise RequestError(400, "too_many_images", "send one 'image' to /classify; use /classify_batch for several")
     k = top_k(req.fields["top_k"], len(svc.classes))
-    data, name = req.images[0]
-    pixels = _decode(data, svc, name)
+    (pixels,) = await _decode(req.images, svc)
     probs = await svc.batcher.predict(pixels[None])  # [1, 32, 32, 3] -> [1, C]
     return JSONResponse(svc.answer(probs[0], k))
 
@@ -231,21 +268,19 @@ async def classify_batch(request: Request) -> Response:
         raise RequestError(400, "too_many_images", f"{len(req.images)} images sent; /classify_batch takes at most "
                            f"{MAX_BATCH_IMAGES}")
     k = top_k(req.fields["top_k"], len(svc.classes))
-    pixels = [_decode(data, svc, f"image {i + 1} ({name})") for i, (data, name) in enumerate(req.images)]
+    pixels = await _decode([(data, f"image {i + 1} ({name})") for i, (data, name) in enumerate(req.images)], svc)
     probs = await svc.batcher.predict(np.stack(pixels))  # [N, 32, 32, 3] -> [N, C]
     return JSONResponse([svc.answer(p, k) for p in probs])
 
 
 def target_index(raw: Any, classes: list[str]) -> int:
     """The explained class: a class name or an index (a form/query string or a JSON integer); -1 for the top one."""
+    raw = _unquoted(raw)
     if raw is None or raw == "":
         return -1
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text in classes:
-            return classes.index(text)
-        if text.lstrip("+").isdigit():
-            raw = int(text)
+    if isinstance(raw, str) and raw.strip() in classes:
+        return classes.index(raw.strip())
+    raw = _whole_number(raw)
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(classes):
         return raw
     raise RequestError(400, "invalid_target", f"target must be one of {', '.join(classes)} or an index from 0 to "
@@ -259,8 +294,7 @@ async def explain(request: Request) -> Response:
         raise RequestError(400, "too_many_images", "send one 'image' to /explain")
     k = top_k(req.fields["top_k"], len(svc.classes))
     target = target_index(req.fields["target"], svc.classes)
-    data, name = req.images[0]
-    pixels = _decode(data, svc, name)
+    (pixels,) = await _decode(req.images, svc)
     heat, probs, png = await svc.explainer.explain(pixels, target)
     chosen = int(probs.argmax()) if target < 0 else target
     if "image/png" in request.headers.get("accept", ""):
@@ -363,10 +397,16 @@ class MountedApp(Starlette):
         self.fast_lane, self.timeout, self.installed = fast_lane, timeout, False
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.fast_lane and not self.installed and scope["type"] == "http":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if self.fast_lane and not self.installed:
             self.installed = True
             fastlane.install(scope.get("app"), HOT_ROUTES, self.timeout)  # logs why when it cannot
-        await super().__call__(scope, receive, send)
+        # The same timeout and 504 `timeout` answer as the fast lane, for the requests that take BentoML's whole
+        # stack (/explain; every route with the lane off): BentoML's own timeout, a little later, is the backstop
+        # (its answer has no error code).
+        await fastlane.answer_within(self.timeout, super().__call__, scope, receive, send)
 
 
 def mounted_app(fast_lane: bool, timeout: float) -> MountedApp:

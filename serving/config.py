@@ -90,7 +90,7 @@ class Settings:
             tracing=_bool("CIFAR10_TRACING", False),
             # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py).
             fast_lane=_bool("CIFAR10_FAST_LANE", True),
-            # Seconds between SIGTERM (/readyz 503 from then on) and closing the listener (serving/shutdown.py).
+            # Seconds between SIGTERM (/readyz 503 from then on) and stopping new connections (serving/shutdown.py).
             shutdown_delay=_seconds("CIFAR10_SHUTDOWN_DELAY", 2.0),
             # off: BentoML's and uvicorn's own shutdown, which loses queued connections (benchmarks/shutdown.py).
             graceful_shutdown=_bool("CIFAR10_GRACEFUL_SHUTDOWN", True),

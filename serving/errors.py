@@ -24,7 +24,6 @@ CODES: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "the body is over CIFAR10_MAX_UPLOAD_MB (4x for a batch)"),
     "image_too_large": (413, "the image has more pixels than CIFAR10_MAX_PIXELS (read from its header)"),
     "unsupported_media_type": (415, "the body is neither multipart/form-data, JSON, nor a raw image"),
-    "not_ready": (503, "the service is starting or shutting down"),
     "timeout": (504, "the request took longer than the service's 30 s timeout"),
     "internal_error": (500, "the service failed on this request (a bug; see its log)"),
 }

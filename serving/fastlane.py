@@ -168,24 +168,29 @@ class FastLane:
             await self.stack(scope, receive, send)
 
     async def _timed(self, scope: dict, receive: Callable, send: Callable) -> None:
-        started = False
+        await answer_within(self.timeout, self.routes[scope["path"]], scope, receive, send)
 
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = True
-            await send(message)
 
-        route = self.routes[scope["path"]]
-        try:
-            if _HAS_TIMEOUT:
-                async with asyncio.timeout(self.timeout):
-                    await route(scope, receive, tracked_send)
-            else:  # Python 3.10: wait_for costs the extra task the lane otherwise avoids
-                await asyncio.wait_for(route(scope, receive, tracked_send), self.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            if not started:
-                await RequestError(504, "timeout", f"the request took longer than {self.timeout:g} s "
-                                   "(a slow upload?)").response()(scope, receive, send)
+async def answer_within(timeout: float, app: ASGIApp, scope: dict, receive: Callable, send: Callable) -> None:
+    """Run an ASGI app with the service's request timeout; when it runs out before the answer has started,
+    answer 504 `timeout` in the service's error shape (an `asyncio.timeout`: no extra task per request)."""
+    started = False
+
+    async def tracked_send(message: dict) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    try:
+        if _HAS_TIMEOUT:
+            async with asyncio.timeout(timeout):
+                await app(scope, receive, tracked_send)
+        else:  # Python 3.10: wait_for costs the extra task the lane otherwise avoids
+            await asyncio.wait_for(app(scope, receive, tracked_send), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        if not started:
+            await RequestError(504, "timeout", f"the request took longer than {timeout:g} s "
+                               "(a slow upload?)").response()(scope, receive, send)
 
 
 def install(outer_app: Any, routes: dict[str, ASGIApp], timeout: float, assumptions=ASSUMPTIONS) -> bool:

@@ -41,7 +41,8 @@ def _public(record: Any) -> Any:
 @bentoml.service(
     name="cifar10_classifier",
     workers=SETTINGS.workers,
-    traffic={"timeout": TIMEOUT_S},
+    # A backstop a little after the service's own timeout (serving/api.py answers that one as 504 `timeout`).
+    traffic={"timeout": TIMEOUT_S + 5},
     # One formatted log line per request (and the full middleware stack it needs) costs 8-21% of
     # the requests/s (README, "Load test"); CIFAR10_ACCESS_LOG=on brings them back.
     logging={"access": {"enabled": SETTINGS.access_log}},

@@ -16,10 +16,15 @@ BentoML nor uvicorn has a setting for this. So, in the worker, after the delay:
    listening socket), so late handshakes are taken and the last accepted connections have read their request
    (uvicorn closes a connection whose request it has not read yet when it shuts down);
 3. uvicorn is told to exit (its own SIGTERM handler): it stops accepting and waits for open requests, each
-   bounded by the service's 30 s request timeout;
-4. the listening socket is shut down, so later connection attempts are refused at once instead of hanging.
+   bounded by the service's 30 s request timeout.
 
-Linux only for 1, 2 and 4 (elsewhere: the delay, then uvicorn's own shutdown).
+The filter stays on the socket after the worker exits: until the arbiter exits and the kernel closes the socket
+(then connection attempts are refused), a client's SYN goes unanswered and is retried. The listener is not shut
+down: the arbiter's socket outlives this worker when the worker is only being replaced (`bentoml serve --reload`),
+and a shut-down listening socket cannot listen again (its port is gone). For the same reason every worker takes
+an earlier worker's filter off the socket when it starts (`allow_new_connections`).
+
+Linux only for 1 and 2 (elsewhere: the delay, then uvicorn's own shutdown).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Any, Callable, Optional
 
 log = logging.getLogger("bentoml.cifar10_service")
 SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 TCP_INFO_UNACKED_OFFSET = 24  # struct tcp_info: 8 one-byte fields, then tcpi_rto, ato, snd_mss, rcv_mss, unacked
 QUEUE_SETTLE_S = 0.1  # how long the accept queue must stay empty: a handshake's round trip, a request's first read
 
@@ -61,6 +67,16 @@ def drop_new_connections(sock: socket.socket) -> None:
     )
     fprog = _SockFprog(len(program), ctypes.cast(program, ctypes.POINTER(_SockFilter)))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))  # the kernel copies the program here
+
+
+def allow_new_connections(sock: socket.socket) -> bool:
+    """Take a filter off a listening socket (one a replaced worker left on the socket it shares with the next
+    one); False when there was none."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError:  # ENOENT: no filter attached
+        return False
+    return True
 
 
 def accept_queue_length(sock: socket.socket) -> int:
@@ -119,6 +135,11 @@ class GracefulShutdown:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
 
     def install(self) -> bool:
+        sock = listening_socket() if sys.platform.startswith("linux") else None
+        if sock is not None:
+            if allow_new_connections(sock):
+                log.info("took a replaced worker's connection filter off the listening socket")
+            sock.close()
         try:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -141,7 +162,7 @@ class GracefulShutdown:
             return
         self.started = True
         self.on_begin()
-        log.info("%s received: /readyz is 503; draining for %.1f s, then closing the listener",
+        log.info("%s received: /readyz is 503; draining for %.1f s, then stopping new connections",
                  signal.Signals(sig).name, self.delay)
         if self.loop is None or self.loop.is_closed():
             self._forward(sig, frame)
@@ -165,11 +186,6 @@ class GracefulShutdown:
                 await wait_for_empty_queue(sock, QUEUE_SETTLE_S, timeout=2.0)
             except OSError as exc:
                 log.warning("could not stop new connections before closing (%s)", exc)
-        self._forward(sig, frame)  # uvicorn: stop accepting, finish open requests, exit
         if sock is not None:
-            await asyncio.sleep(0.3)  # uvicorn's main loop looks at its exit flag every 0.1 s
-            try:
-                sock.shutdown(socket.SHUT_RD)  # the listener itself: later connections are refused at once
-            except OSError:
-                pass
-            sock.close()
+            sock.close()  # this worker's duplicate only; the filter stays on the shared socket
+        self._forward(sig, frame)  # uvicorn: stop accepting, finish open requests, exit

@@ -77,6 +77,9 @@ def test_bentoml_sync_client_sees_the_routes(server):
         assert [b["label"] for b in batch] == [expected["label"] if p == IMG else b["label"]
                                                for b, p in zip(batch, cifar_test_images(1)[:3], strict=True)]
         assert len(batch) == 3 and client.model_info()["classes"] == CIFAR10_CLASSES
+        # The client JSON-encodes text fields ("ship" arrives as '"ship"'): the service reads them either way.
+        why = client.explain(image=Path(IMG), target="ship", top_k=2)
+        assert why["target"]["label"] == "ship" and len(why["top_k"]) == 2
 
 
 def test_bentoml_async_client_sees_the_routes(server):
@@ -133,6 +136,9 @@ REFUSALS = {
     "top_k 0": (lambda: IMG.read_bytes(), {"top_k": 0}, 400, "invalid_top_k"),
     "top_k 11": (lambda: IMG.read_bytes(), {"top_k": 11}, 400, "invalid_top_k"),
     "top_k text": (lambda: IMG.read_bytes(), {"top_k": "many"}, 400, "invalid_top_k"),
+    "top_k ++3": (lambda: IMG.read_bytes(), {"top_k": "++3"}, 400, "invalid_top_k"),
+    "top_k superscript two": (lambda: IMG.read_bytes(), {"top_k": "\u00b2"}, 400, "invalid_top_k"),
+    "top_k of 5,000 digits": (lambda: IMG.read_bytes(), {"top_k": "9" * 5000}, 400, "invalid_top_k"),
 }
 
 
@@ -153,6 +159,7 @@ def test_every_refusal_in_every_encoding(http, encoding, case):
     ({"json": {"image": base64.b64encode(b"x").decode(), "url": "y"}}, "unknown_field"),
     ({"json": {"top_k": 3}}, "missing_field"),
     ({"json": {"image": base64.b64encode(IMG.read_bytes()).decode(), "top_k": True}}, "invalid_top_k"),
+    ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, "malformed_json"),
 ])
 def test_json_refusals(http, body, code):
     r = http.post("/classify", **body)
@@ -187,9 +194,13 @@ def test_every_code_the_api_can_send_is_documented():
     # Every RequestError code in the serving package is in CODES (RequestError refuses others at once).
     import re
 
-    source = "".join(p.read_text() for p in (Path(__file__).parents[1] / "serving").glob("*.py"))
-    used = set(re.findall(r'RequestError\(\d+, "([a-z_]+)"', source)) | {"invalid_top_k", "invalid_target"}
+    root = Path(__file__).parents[1]
+    source = "".join(p.read_text() for p in (root / "serving").glob("*.py"))
+    used = set(re.findall(r'RequestError\(\d+, "([a-z0-9_]+)"', source)) | {"invalid_top_k", "invalid_target"}
     assert used <= set(CODES), used - set(CODES)
+    # ...and every documented code can be sent: by the service, or by the decoder (contract/images.py).
+    decoder = set(re.findall(r'ImageError\("([a-z0-9_]+)"', (root / "contract" / "images.py").read_text()))
+    assert set(CODES) <= used | decoder, set(CODES) - used - decoder
 
 
 def test_io_is_not_fetched_for_urls(http):
@@ -217,3 +228,41 @@ def test_a_raw_body_error_names_the_file(http):
     r = http.post("/classify", content=b"not an image", headers={
         "Content-Type": "application/octet-stream", "Content-Disposition": 'attachment; filename="notes.txt"'})
     assert r.status_code == 400 and r.json()["code"] == "not_an_image" and r.json()["error"].startswith("notes.txt:")
+
+
+def test_field_parsing_takes_plain_and_json_quoted_text_and_refuses_the_rest():
+    from serving.api import RequestError, target_index, top_k
+
+    assert top_k("5", 10) == top_k(" +5 ", 10) == top_k('"5"', 10) == top_k(5, 10) == 5
+    assert target_index("ship", CIFAR10_CLASSES) == target_index('"ship"', CIFAR10_CLASSES) == 8
+    assert target_index("8", CIFAR10_CLASSES) == target_index(8, CIFAR10_CLASSES) == 8
+    for bad in ("++3", "\u00b2", "9" * 5000, "3.0", "-1", '"', "0x3"):
+        with pytest.raises(RequestError):
+            top_k(bad, 10)
+        with pytest.raises(RequestError):
+            target_index(bad, CIFAR10_CLASSES)
+
+
+def test_large_uploads_decode_off_the_event_loop(monkeypatch):
+    # A CIFAR-sized upload decodes inline; a large one (up to 40 M pixels: seconds) in a worker thread, so that
+    # it cannot stall other requests or the health probes.
+    import threading
+    from types import SimpleNamespace
+
+    import anyio
+
+    from serving import api
+
+    seen = []
+    monkeypatch.setattr(api, "decode", lambda data, size, max_pixels: seen.append(threading.get_ident()) or data)
+    svc = SimpleNamespace(input_size=32, max_pixels=40_000_000)
+    loop_thread = []
+
+    async def go(images):
+        loop_thread.append(threading.get_ident())
+        return await api._decode(images, svc)
+
+    assert anyio.run(go, [(b"small", "a")]) == [b"small"]
+    big = b"x" * (api.INLINE_DECODE_BYTES + 1)
+    assert anyio.run(go, [(b"small", "a"), (big, "b")]) == [b"small", big]  # order kept
+    assert seen[0] == loop_thread[0] and seen[1] == seen[2] != loop_thread[1]

@@ -5,7 +5,9 @@ import http.server
 import json
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,11 @@ def test_path_bytes_file_and_pil_image_give_the_models_answer(client, onnx_probs
     paths = cifar_test_images()
     expected = onnx_probs(paths)
     for path, probs in zip(paths, expected, strict=True):
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, tempfile.TemporaryFile() as unnamed:  # its .name is an int
+            unnamed.write(path.read_bytes())
+            unnamed.seek(0)
             answers = [client.classify(path), client.classify(str(path), top_k=5), client.classify(path.read_bytes()),
-                       client.classify(f), client.classify(Image.open(path))]
+                       client.classify(f), client.classify(Image.open(path)), client.classify(unnamed)]
         for a in answers:
             assert isinstance(a, Prediction)
             assert a.index == int(probs.argmax()) and a.label == CLASSES[a.index]
@@ -97,6 +101,9 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["content-length"]))
         self.server.calls += 1
         status, body = self.server.script.pop(0)
+        if status == 0:  # no answer for `body` seconds
+            time.sleep(body)
+            return
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -137,6 +144,17 @@ def test_503_is_retried_and_a_4xx_is_not(stub):
     with Client(url, retries=1, backoff=0.01) as c, pytest.raises(ServiceError) as err:
         c.classify(b"img")
     assert err.value.status == 503 and stub.calls == 6
+
+
+def test_a_timeout_is_told_apart_from_a_service_that_is_not_there(stub):
+    url = f"http://127.0.0.1:{stub.server_address[1]}"
+    stub.script = [(0, 1.0)]
+    with Client(url, timeout=0.2, retries=0) as c, pytest.raises(ServiceUnreachable) as err:
+        c.classify(b"img")
+    assert err.value.timed_out
+    with Client(f"http://127.0.0.1:{free_port()}", retries=0) as c, pytest.raises(ServiceUnreachable) as err:
+        c.classify(b"img")
+    assert not err.value.timed_out
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -46,6 +46,10 @@ def test_palette_and_alpha_are_composited_on_white():
     assert decode(encode(half, "PNG"))[0, 0].tolist() == [127, 127, 127]
     pal = solid((0, 0, 255)).convert("P")
     assert decode(encode(pal, "PNG"))[0, 0].tolist() == [0, 0, 255]
+    # PNG's tRNS chunk: one grey level or one colour marked transparent, in images without a palette.
+    assert decode(encode(solid(0, "L"), "PNG", transparency=0))[0, 0].tolist() == [255, 255, 255]
+    assert decode(encode(solid((0, 0, 0)), "PNG", transparency=(0, 0, 0)))[0, 0].tolist() == [255, 255, 255]
+    assert decode(encode(solid((9, 9, 9)), "PNG", transparency=(0, 0, 0)))[0, 0].tolist() == [9, 9, 9]
 
 
 def test_gif_uses_the_first_frame():
@@ -64,6 +68,43 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # "rotate 90 CW to display": the left half ends up on top
     out = decode(encode(im, "JPEG", quality=100, exif=exif))
     assert out[2, 16, 0] > 200 and out[29, 16, 2] > 200
+
+
+def test_a_malformed_exif_block_leaves_the_image_unrotated():
+    # Orientation 6 and a SamplesPerPixel tag holding text: Pillow cannot rewrite that EXIF while rotating
+    # (struct.error), yet the pixels are fine, as any browser shows.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x0131] = 6, "sw"
+    raw = exif.tobytes()
+    software, samples = (tag.to_bytes(2, "big") + (2).to_bytes(2, "big") for tag in (0x0131, 0x0115))
+    assert raw.count(software) == 1
+    out = decode(encode(solid((200, 10, 10), size=(20, 12)), "JPEG", exif=raw.replace(software, samples)))
+    assert out.shape == (32, 32, 3) and out[16, 16, 0] > 150
+
+
+def test_damaged_files_of_every_format_are_a_400_never_a_crash():
+    # Seeded byte mutations of small valid files (EXIF-laden JPEG/WebP/TIFF, animated GIF, ...): Pillow's
+    # plugins raise struct.error, IndexError, TypeError... on some; decode() must answer ImageError for all.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0131] = 6, "cam", "sw"
+    im = solid((200, 10, 10), size=(20, 12))
+    seeds = [encode(im, fmt, exif=exif.tobytes()) for fmt in ("JPEG", "PNG", "TIFF", "WEBP")]
+    seeds += [encode(im, fmt) for fmt in ("GIF", "BMP", "PPM")]
+    gif = io.BytesIO()
+    im.convert("P").save(gif, "GIF", save_all=True, append_images=[im.convert("P")] * 2, transparency=0)
+    seeds.append(gif.getvalue())
+    rng = np.random.default_rng(0)
+    outcomes = {"decoded": 0, "refused": 0}
+    for i in range(3000):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(int(rng.integers(1, 5))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        try:
+            assert decode(bytes(data)).shape == (32, 32, 3)
+            outcomes["decoded"] += 1
+        except ImageError:
+            outcomes["refused"] += 1
+    assert min(outcomes.values()) > 100  # both paths were exercised
 
 
 def test_any_size_is_resized_bilinear():

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from serving.shutdown import accept_queue_length, drop_new_connections, wait_for_empty_queue
+from serving.shutdown import accept_queue_length, allow_new_connections, drop_new_connections, wait_for_empty_queue
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
 
@@ -39,6 +39,40 @@ def test_the_filter_stops_new_handshakes_but_keeps_queued_connections():
         _connect(port, 2)
     for s in (queued, conn, listener):
         s.close()
+
+
+def test_a_replaced_workers_drain_leaves_a_socket_the_next_worker_can_serve(monkeypatch):
+    # `bentoml serve --reload` replaces the workers and keeps the arbiter's socket: the old worker's drain must
+    # not end that socket, and the new worker takes the old one's filter off.
+    import asyncio
+    import os
+    import signal
+
+    from serving import shutdown
+
+    listener = socket.socket()  # the arbiter's
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(shutdown, "listening_socket", lambda: socket.socket(fileno=os.dup(listener.fileno())))
+    forwarded = []
+    drain = shutdown.GracefulShutdown(delay=0, on_begin=lambda: None)
+    drain.previous = {15: lambda sig, frame: forwarded.append(sig)}  # stands in for uvicorn's handler
+    asyncio.run(drain._drain(15, None))
+    assert forwarded == [15]
+    with pytest.raises((TimeoutError, socket.timeout)):
+        _connect(port, 0.5)  # the old worker's filter: new connections wait
+    drain.install()  # the new worker (it also sets signal handlers: put back below)
+    try:
+        client = _connect(port, 2)
+        conn, _ = listener.accept()
+        for s in (client, conn):
+            s.close()
+    finally:
+        for sig, handler in drain.previous.items():
+            signal.signal(sig, handler)
+    assert allow_new_connections(listener) is False  # nothing left to take off
+    listener.close()
 
 
 def test_the_filter_drops_only_the_packet_that_opens_a_connection():
