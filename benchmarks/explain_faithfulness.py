@@ -81,8 +81,9 @@ def main() -> int:
         if not (args.artifacts / name).is_file():
             print(f"error: {args.artifacts} has no {name}; run python -m export first", file=sys.stderr)
             return 2
-    if not (args.data / "test").is_dir() or not 0 < args.fraction < 1 or args.images < 1:
-        print("error: need --data with test/<class>/ images, 0 < --fraction < 1 and --images >= 1", file=sys.stderr)
+    if not (args.data / "test").is_dir() or not 0 < args.fraction < 1 or args.images < 1 or args.random_masks < 1:
+        print("error: need --data with test/<class>/ images, 0 < --fraction < 1, --images >= 1 and "
+              "--random-masks >= 1", file=sys.stderr)
         return 2
 
     import onnxruntime as ort

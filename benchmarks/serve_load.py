@@ -20,6 +20,7 @@ Latency percentiles come from hey's per-request CSV; requests/s is requests comp
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import csv
 import io
@@ -36,7 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.local import LocalService, free_port  # noqa: E402
+from common import cifar_test_image  # noqa: E402
+
+from clients.local import LocalService, bentoml_launcher, free_port, with_project_path  # noqa: E402
 
 BOUNDARY = "cifar10benchboundary"
 # key -> (label, server environment or None for the peer, body kind, path)
@@ -110,7 +113,7 @@ def main() -> int:
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
         return 2
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT), "CIFAR10_MODEL": args.model}
+    env = with_project_path({**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CIFAR10_MODEL": args.model}, ROOT)
     if args.bentoml_home:
         env["BENTOML_HOME"] = args.bentoml_home
     lookup = f"import bentoml; print(bentoml.models.get({args.model!r}).path)"
@@ -118,14 +121,17 @@ def main() -> int:
     if model_dir.returncode != 0:
         print(f"error: no {args.model} in the BentoML store; run python -m export ... --bentoml", file=sys.stderr)
         return 2
-    image = Path(args.image) if args.image else next(
-        (ROOT.parent / "shared" / "datasets" / "cifar10" / "test" / "cat").glob("*.jpg"), None)
+    image = Path(args.image) if args.image else cifar_test_image()
     if image is None or not image.is_file():
-        print("error: pass --image FILE", file=sys.stderr)
+        print("error: no CIFAR-10 test image under $CIFAR10_DATA or ../shared/datasets/cifar10; pass --image FILE",
+              file=sys.stderr)
+        return 2
+    if args.duration <= 0:
+        print("error: --duration must be positive", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    atexit.register(shutil.rmtree, tmp, True)  # also when a run fails half-way
     body = bodies(image, tmp)
-    bentoml = str(Path(sys.executable).parent / "bentoml")
     wanted = [k for k in ROWS if not args.only or k in args.only]
     # One server per distinct environment; rows that share it (default, raw, json, explainmix) run back to back.
     servers: dict[str, list[str]] = {}
@@ -140,7 +146,8 @@ def main() -> int:
                    str(port), "--no-access-log", "--log-level", "warning"]
             server_env = {**env, "CIFAR10_PEER_MODEL_DIR": model_dir.stdout.strip()}
         else:
-            cmd = [bentoml, "serve", "serving.service:CIFAR10Classifier", "--host", "127.0.0.1", "--port", str(port)]
+            cmd = [*bentoml_launcher(), "serve", "serving.service:CIFAR10Classifier", "--host", "127.0.0.1", "--port",
+                   str(port)]
             server_env = {**env, **extra}
         ready = None if extra is None else "/readyz"  # the peer has no readiness route: its port opening will do
         with LocalService(cmd, port, tmp / f"{keys[0]}.log", env=server_env, cwd=ROOT, ready_path=ready) as svc:
@@ -163,7 +170,6 @@ def main() -> int:
                 figures[f"{key}_explain_rps_c{c}"] = r["explain_rps"]
     if "default_rps_c32" in figures and "peer_rps_c32" in figures:
         figures["ratio_c32"] = round(figures["default_rps_c32"] / figures["peer_rps_c32"], 3)
-    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(figures))
     return 0
 

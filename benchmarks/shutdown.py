@@ -13,6 +13,7 @@ own shutdown (CIFAR10_GRACEFUL_SHUTDOWN=off), the behaviour before serving/shutd
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -27,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.local import LocalService  # noqa: E402
+from common import cifar_test_image  # noqa: E402
+
+from clients.local import LocalService, with_project_path  # noqa: E402
 
 BOUNDARY = "cifar10shutdownboundary"
 
@@ -79,18 +82,26 @@ def main() -> int:
     p.add_argument("--after", type=float, default=3.0, help="seconds of load before SIGTERM (default 3)")
     p.add_argument("--graceful", choices=["on", "off"], default="on")
     p.add_argument("--bentoml-home", default=os.environ.get("BENTOML_HOME"))
+    p.add_argument("--image", default=None, help="image to POST (default: a CIFAR-10 test JPEG)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
         return 2
-    image = next((ROOT.parent / "shared" / "datasets" / "cifar10" / "test" / "cat").glob("*.jpg"))
+    image = Path(args.image) if args.image else cifar_test_image()
+    if image is None or not image.is_file():
+        print("error: no CIFAR-10 test image under $CIFAR10_DATA or ../shared/datasets/cifar10; pass --image FILE",
+              file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="shutdown-"))
+    atexit.register(shutil.rmtree, tmp, True)  # also when a run fails half-way
     body = tmp / "body"
     head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{image.name}\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n")
     body.write_bytes(head.encode() + image.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode())
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT),
-           "CIFAR10_GRACEFUL_SHUTDOWN": args.graceful}
+    env = with_project_path({**os.environ, "BENTOML_DO_NOT_TRACK": "True", "CIFAR10_GRACEFUL_SHUTDOWN": args.graceful},
+                            ROOT)
     if args.bentoml_home:
         env["BENTOML_HOME"] = args.bentoml_home
     runs = []
@@ -102,7 +113,6 @@ def main() -> int:
                 runs.append(r)
                 print(f"workers {workers} c={c} run {i + 1}: {r['ok']} answered, {r['lost']} lost {r['lost_kinds']}, "
                       f"{r['refused']} refused, exit {r['exit_code']} after {r['exit_seconds']} s", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nSIGTERM after {args.after:g} s of hey -disable-keepalive; graceful shutdown {args.graceful}")
     print(f"{'workers':>7} | {'conc':>4} | {'runs':>4} | {'answered':>8} | {'lost':>4} | {'refused':>7} | "
           f"{'exit codes':<10} | {'exit s (max)':>12}")

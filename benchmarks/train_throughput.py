@@ -2,8 +2,9 @@
 
   python benchmarks/train_throughput.py [--data DIR] [--steps 100] [--repeats 3]
 
-(a) project: training.engine.train_one_epoch over on-device uint8 data, batch augmentation,
-    autocast (bf16 where the CPU has it) and channels_last, exactly as `python -m training` runs;
+(a) project: training.engine.train_one_epoch over on-device uint8 data, batch augmentation and channels_last,
+    in the default recipe's precision (fp32; `--precision auto` for bf16 autocast where the CPU has it),
+    exactly as `python -m training` runs;
 (b) reference: torchvision ImageFolder + per-image transforms + DataLoader (2 workers) + fp32 eager;
 (c) ceiling: the project's forward/backward/step on random tensors already in memory.
 Each is measured `--repeats` times, interleaved, and the median is reported.
@@ -116,10 +117,15 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig().precision,
+                   help="the project's and the ceiling's precision (default: the default recipe's, "
+                   f"{TrainConfig().precision})")
     args = p.parse_args()
+    if args.steps < 1 or args.repeats < 1:
+        p.error("--steps and --repeats must be at least 1")
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
-    amp = amp_dtype("auto", device)
+    amp = amp_dtype(args.precision, device)
     try:
         train = load_split(args.data, "train")
     except DataError as exc:

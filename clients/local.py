@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 
+def bentoml_launcher() -> list[str]:
+    """The `bentoml` command of this Python's environment: its console script, or (BentoML installed with
+    pip --target, say) the module."""
+    cli = Path(sys.executable).parent / "bentoml"
+    return [str(cli)] if cli.is_file() else [sys.executable, "-m", "bentoml"]
+
+
+def with_project_path(env: dict, root: Path) -> dict:
+    """env with the project root put first on PYTHONPATH, keeping what was there (e.g. a pip --target folder)."""
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (the OS picks it)."""
     with socket.socket() as s:
@@ -91,11 +103,8 @@ class LocalService:
                 fail_on: Optional[str] = None) -> "LocalService":
         """`bentoml serve TARGET` from this Python's environment, ready when /readyz answers 200."""
         port = port or free_port()
-        bentoml_cli = Path(sys.executable).parent / "bentoml"
-        # Without the console script beside this Python (e.g. BentoML installed with pip --target), the module.
-        launcher = [str(bentoml_cli)] if bentoml_cli.is_file() else [sys.executable, "-m", "bentoml"]
         log = Path(log_dir or Path.cwd()) / f"serve-{port}.log"
-        cmd = [*launcher, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*bentoml_launcher(), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
         return cls(cmd, port, log, env=env, cwd=cwd, timeout=timeout, fail_on=fail_on)
 
     def log_tail(self, chars: int = 3000) -> str:

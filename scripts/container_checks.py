@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 from clients import Client, Prediction, ServiceError  # noqa: E402
 from contract.images import IMAGE_EXTENSIONS  # noqa: E402
 
-Reference = Callable[[str, str, list[Path]], list[tuple[str, float]]]  # (name, version, files) -> (label, conf)
+# (name, version, files, runtime) -> (label, confidence) per file
+Reference = Callable[[str, str, list[Path], str], list[tuple[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,12 @@ def sample_images(data: Path, per_class: int) -> list[tuple[str, Path]]:
 
 def host_reference(home: Optional[str] = None) -> Reference:
     """The model version the service names, loaded from this host's BentoML store (home: a BENTOML_HOME)."""
-    def run(name: str, version: str, files: list[Path]) -> list[tuple[str, float]]:
+    def run(name: str, version: str, files: list[Path], runtime: str = "onnx") -> list[tuple[str, float]]:
         import numpy as np
 
         from contract.images import decode
         from contract.schemas import ModelMetadata
-        from serving.backends import OnnxBackend
+        from serving.backends import OnnxBackend, OnnxInt8Backend
 
         if home is not None:
             model_dir = Path(home) / "models" / name / version
@@ -62,7 +63,10 @@ def host_reference(home: Optional[str] = None) -> Reference:
             import bentoml
             model_dir = Path(bentoml.models.get(f"{name}:{version}").path)
         classes = ModelMetadata.read(model_dir / "metadata.json").classes
-        probs = OnnxBackend(model_dir, "cpu", 1)(np.stack([decode(f.read_bytes()) for f in files]))
+        # The int8 graph answers differently from fp32 (by design): compare like with like. TorchScript matches
+        # model.onnx within the export's parity tolerance.
+        backend = OnnxInt8Backend if runtime == "onnx-int8" else OnnxBackend
+        probs = backend(model_dir, "cpu", 1)(np.stack([decode(f.read_bytes()) for f in files]))
         return [(classes[int(p.argmax())], float(p.max())) for p in probs]
     return run
 
@@ -174,7 +178,7 @@ def run_checks(url: str, data: Path, per_class: int = 2, expect_device: str = "a
             return checks
         model = answers[0].model
         try:
-            host = reference(model["name"], model["version"], [f for _, f in images])
+            host = reference(model["name"], model["version"], [f for _, f in images], model.get("runtime", "onnx"))
         except Exception as exc:  # noqa: BLE001 - reported as a failed check
             add(Check("FAIL", "host agreement", f"could not run the model on the host: {exc!r}"))
         else:

@@ -381,7 +381,9 @@ if is_standin "$IMAGE"; then
 fi
 
 # ---------------------------------------------------------------------------------------- run
-RUN_ARGS=(run -d -p "127.0.0.1:$PORT:3000")
+# --cidfile: the container's id is known even when `run` creates it and then fails to start it (a busy port,
+# --gpus without the toolkit), so that cleanup() removes it too.
+RUN_ARGS=(run -d --cidfile "$WORK/cid" -p "127.0.0.1:$PORT:3000")
 if [[ $GPU -eq 1 ]]; then
     if ! have_gpu; then
         record SKIP "GPU run" "GPU run skipped: no GPU (nvidia-smi not working on this host)"
@@ -400,10 +402,10 @@ log "$TOOL ${RUN_ARGS[*]} $IMAGE"
 T0="$(now)"
 CID="$("$TOOL" "${RUN_ARGS[@]}" "$IMAGE" 2>"$WORK/run.log")" || {
     cat "$WORK/run.log" >&2
+    CID="$(cat "$WORK/cid" 2>/dev/null || true)"  # created but not started: still removed on exit
     if grep -qiE 'address already in use|port is already allocated' "$WORK/run.log"; then
         die "port $PORT on 127.0.0.1 is busy; pick another with --port."
     fi
-    CID=""
     record FAIL "container start" "$TOOL run failed: $(tail -n 1 "$WORK/run.log")"
     finish
 }

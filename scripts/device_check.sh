@@ -17,6 +17,8 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 py=${PYTHON:-python3}
 data=${CIFAR10_DATA:-../shared/datasets/cifar10}
 work=$(mktemp -d /tmp/device-check.XXXXXX)
+# Checkpoints, exports and the decoded dataset cache (about 180 MB): what matters is copied to OUT_DIR at the end.
+trap 'rm -rf "$work"' EXIT
 quick=${DEVICE_CHECK_QUICK:-0}
 export PYTHONUNBUFFERED=1 CIFAR10_CACHE_DIR=$work/cache
 : >"$out/summary.txt"
