@@ -43,13 +43,21 @@ def test_cifar_batches_layout(tmp_path):
     assert torch.equal(test.images[0], first)
 
 
-def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
+def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypatch):
+    import training.data
+
     root = make_image_folder(tmp_path / "d", per_class=(2, 1))
     cache = tmp_path / "cache"
     first = load_split(root, "train", cache_dir=cache)
     files = list(cache.glob("train-*.pt"))
     assert len(files) == 1
-    assert torch.equal(load_split(root, "train", cache_dir=cache).images, first.images)
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} although the cache holds it")
+
+    with monkeypatch.context() as m:
+        m.setattr(training.data, "load_image", no_decoding)  # the second load must come from the cache alone
+        assert torch.equal(load_split(root, "train", cache_dir=cache).images, first.images)
     target = root / "train" / "cat" / "0000.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(target)
     os.utime(target, ns=(1, 1))  # a different mtime even on coarse-grained file systems

@@ -214,10 +214,23 @@ def test_explain_endpoint_answers_with_heatmap_overlay_and_classification(client
 
 
 @pytest.mark.parametrize("target, expected", [("ship", 8), ("2", 2), (0, 0)])
-def test_explain_a_chosen_class(client, target, expected):
-    e = client.explain(cifar_test_images(1)[3], target=target)
+def test_explain_a_chosen_class(client, bento_home, target, expected):
+    import onnxruntime as ort
+
+    from contract.images import decode
+
+    image = cifar_test_images(1)[3]
+    e = client.explain(image, target=target)
     assert e.target.index == expected and e.target.label == client.model_info()["classes"][expected]
     assert len(e.heatmap) == 32 and e.overlay_png.startswith(b"\x89PNG")
+    # The heatmap is the chosen class's: explain.onnx run here for that class, not for the top one.
+    session = ort.InferenceSession(str(bento_home / "artifacts" / "explain.onnx"), providers=["CPUExecutionProvider"])
+    pixels = decode(image.read_bytes())[None]
+    (wanted,), _ = session.run(None, {"image": pixels, "target": np.array([expected], np.int64)})
+    (top,), _ = session.run(None, {"image": pixels, "target": np.array([-1], np.int64)})
+    assert np.abs(np.array(e.heatmap) - wanted).max() < 1e-3
+    if expected != e.prediction.index:  # another class than the top one: another map
+        assert np.abs(wanted - top).max() > 1e-2
 
 
 @pytest.mark.parametrize("target", ["spaceship", "10", "-1"])

@@ -159,8 +159,25 @@ def test_model_info_readyz_livez_metrics(client):
     assert "test_acc" in info["metrics"]
     assert client.get("/readyz").status_code == 200
     assert client.get("/livez").status_code == 200
-    metrics = client.get("/metrics").text
-    assert "cifar10_predictions_total" in metrics and 'label="' in metrics
+    # cifar10_predictions_total counts each classified image under its predicted label, and explanations not.
+    image = cifar_test_images(1)[0]
+    part = ("image", (image.name, image.read_bytes(), "image/jpeg"))
+    before = _predictions(client)
+    label = client.post("/classify", files=[part]).json()["label"]
+    assert _predictions(client) == {**before, label: before.get(label, 0) + 1}
+    assert client.post("/explain", files=[part]).status_code == 200
+    client.post("/classify_batch", files=[("images", part[1]), ("images", part[1])]).raise_for_status()
+    assert _predictions(client) == {**before, label: before.get(label, 0) + 3}
+
+
+def _predictions(client) -> dict[str, float]:
+    """cifar10_predictions_total by label, from /metrics."""
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("cifar10_predictions_total{"):
+            name = line.split('label="', 1)[1].split('"', 1)[0]
+            counts[name] = counts.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def _classify_count(client) -> float:
