@@ -39,7 +39,31 @@ def torchrun_cmd(*argv: str) -> list[str]:
 
 
 def torchrun(env: dict, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_cmd(*argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = torchrun_cmd(*argv)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out (or interrupted): take the ranks down too, not only torchrun
+            _kill_job(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun's rank processes (each runs in a session of its own, out of reach of a killpg of
+    torchrun's group) by PID, then torchrun's process group."""
+    try:
+        ranks = _children(proc.pid)
+    except OSError:
+        ranks = []
+    for pid in ranks:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def _history(path: Path) -> list[dict]:
@@ -139,8 +163,7 @@ def test_a_killed_rank_ends_the_job_promptly(real_subset, tmp_path, tmp_path_fac
         took = time.time() - killed_at
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill_job(proc)
     assert proc.returncode != 0 and took < 60
     assert "exitcode  : -9" in err and "rank      : 1" in err  # torchrun names the rank that died
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a rank outlived the job"
