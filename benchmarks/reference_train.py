@@ -115,11 +115,12 @@ class TensorBatches:
 
 
 def tensor_loaders(data: Path, batch_size: int, seed: int, restart: str | None = None):
+    from training.config import DATA_SEED_OFFSET
     from training.data import load_split
 
     train, test = load_split(data, "train"), load_split(data, "test")
     # Seeded as training/streams.py seeds the project's data generator (apart from the global stream).
-    generator = torch.Generator().manual_seed(seed + 1_000_000)
+    generator = torch.Generator().manual_seed(seed + DATA_SEED_OFFSET)
     return (TensorBatches(train.images, train.labels, batch_size, generator, None if restart is None else seed,
                           restart or "both"),
             train.classes, TensorBatches(test.images, test.labels, 1000))

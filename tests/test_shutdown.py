@@ -19,11 +19,16 @@ def _connect(port: int, timeout: float) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
-def test_the_filter_stops_new_handshakes_but_keeps_queued_connections():
+def _listener(backlog: int) -> tuple[socket.socket, int]:
+    """A listening loopback socket on a free port, and the port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
+    listener.listen(backlog)
+    return listener, listener.getsockname()[1]
+
+
+def test_the_filter_stops_new_handshakes_but_keeps_queued_connections():
+    listener, port = _listener(16)
     queued = _connect(port, 2)
     time.sleep(0.05)
     assert accept_queue_length(listener) == 1
@@ -50,10 +55,7 @@ def test_a_replaced_workers_drain_leaves_a_socket_the_next_worker_can_serve(monk
 
     from serving import shutdown
 
-    listener = socket.socket()  # the arbiter's
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
+    listener, port = _listener(16)  # the arbiter's
     monkeypatch.setattr(shutdown, "listening_socket", lambda: socket.socket(fileno=os.dup(listener.fileno())))
     forwarded = []
     drain = shutdown.GracefulShutdown(delay=0, on_begin=lambda: None)
@@ -79,10 +81,8 @@ def test_the_filter_drops_only_the_packet_that_opens_a_connection():
     # Every packet but a bare SYN passes: the last ACK of a handshake answered before the filter went on must
     # reach the listener, or that client is left connected to nobody (a drop-everything filter did that).
     # An established socket with the filter shows it: its packets all carry ACK.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    client = _connect(listener.getsockname()[1], 2)
+    listener, port = _listener(4)
+    client = _connect(port, 2)
     conn, _ = listener.accept()
     drop_new_connections(conn)
     client.sendall(b"after the filter")
@@ -95,10 +95,8 @@ def test_the_filter_drops_only_the_packet_that_opens_a_connection():
 def test_the_wait_ends_once_the_queue_has_stayed_empty():
     import asyncio
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    queued = _connect(listener.getsockname()[1], 2)
+    listener, port = _listener(4)
+    queued = _connect(port, 2)
     time.sleep(0.05)
     assert asyncio.run(wait_for_empty_queue(listener, settle=0.05, timeout=0.3)) is False  # nobody accepts
     conn, _ = listener.accept()

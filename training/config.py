@@ -24,9 +24,11 @@ CHOICES = {
 PLACEMENT_FIELDS = frozenset({"data", "checkpoint_dir", "use_cuda", "deterministic"})
 
 
-# The largest --seed: the run derives other generators' seeds from it by adding up to 1,000,000, and torch
-# seeds are 64-bit.
-MAX_SEED = 2**63 - 1_000_001
+# The data generator's seed is apart from the global one's (training/streams.py), so the two streams never hold the
+# same numbers.
+DATA_SEED_OFFSET = 1_000_000
+# The largest --seed: the data generator's seed, seed + DATA_SEED_OFFSET, must still be a 63-bit torch seed.
+MAX_SEED = 2**63 - 1 - DATA_SEED_OFFSET
 
 
 class ConfigError(ValueError):

@@ -14,10 +14,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from .config import DATA_SEED_OFFSET
 from .distributed import DistInfo
-
-# The data generator's seed is apart from the global one's, so the two streams never hold the same numbers.
-DATA_SEED_OFFSET = 1_000_000
 
 
 @dataclass
