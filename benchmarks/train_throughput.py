@@ -3,11 +3,15 @@
   python benchmarks/train_throughput.py [--data DIR] [--steps 100] [--repeats 3]
 
 (a) project: training.engine.train_one_epoch over on-device uint8 data, batch augmentation and channels_last,
-    in the default recipe's precision (fp32; `--precision auto` for bf16 autocast where the CPU has it),
-    exactly as `python -m training` runs;
+    in the default recipe's precision (auto: bf16 autocast where the CPU has it natively, else fp32;
+    `--precision fp32` for fp32 everywhere), exactly as `python -m training` runs;
 (b) reference: torchvision ImageFolder + per-image transforms + DataLoader (2 workers) + fp32 eager;
 (c) ceiling: the project's forward/backward/step on random tensors already in memory.
 Each is measured `--repeats` times, interleaved, and the median is reported.
+
+`--profile`: also where (c)'s time goes at the first batch size, by torch.profiler over `--steps` steps: the
+share of each kind of operator (convolution forward/backward, batch norm, the rest) in a second table and in
+the JSON line.
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ def project_img_s(images, labels, batch, steps, amp, device) -> float:
     return train_one_epoch(model, opt, sched, sub_x, sub_y, **kw)["img_s"]
 
 
-def ceiling_img_s(batch, steps, amp, device) -> float:
+def ceiling_step(batch, steps, amp, device):
+    """The project's forward/backward/optimizer step on one random batch, as a function to call."""
     model = SimpleCNN().to(device, memory_format=torch.channels_last)
     opt, _ = build_optimizer(TrainConfig(batch_size=batch), model, steps)
     x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
@@ -60,6 +65,11 @@ def ceiling_img_s(batch, steps, amp, device) -> float:
         loss.backward()
         opt.step()
 
+    return step
+
+
+def ceiling_img_s(batch, steps, amp, device) -> float:
+    step = ceiling_step(batch, steps, amp, device)
     for _ in range(10):
         step()
     _sync(device)
@@ -68,6 +78,41 @@ def ceiling_img_s(batch, steps, amp, device) -> float:
         step()
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
+
+
+def op_kind(name: str) -> str:
+    """The kind of operator a profiler event belongs to (autograd's backward nodes included)."""
+    name = name.lower()
+    if "conv" in name:
+        return "convolution backward" if "backward" in name else "convolution forward"
+    for kind, fragments in (("batch norm", ("batch_norm", "batchnorm")),
+                            ("linear / matmul", ("addmm", "mm", "linear")),
+                            ("optimizer", ("adam", "_foreach")),
+                            ("relu / max-pool", ("relu", "threshold", "max_pool"))):
+        if any(f in name for f in fragments):
+            return kind
+    return "other"
+
+
+def profile_ceiling(batch, steps, amp, device) -> dict[str, float]:
+    """Share of the step's self time per kind of operator (op_kind), by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = ceiling_step(batch, steps, amp, device)
+    for _ in range(10):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    shares: dict[str, float] = {}
+    for ev in prof.key_averages():
+        kind = op_kind(ev.key)
+        shares[kind] = shares.get(kind, 0.0) + getattr(ev, attr, 0.0)
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
 def reference_img_s(data: Path, batch, steps, device) -> float:
@@ -117,6 +162,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="measurements per figure (median reported)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--profile", action="store_true", help="also where the ceiling step's time goes (torch.profiler)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=TrainConfig().precision,
                    help="the project's and the ceiling's precision (default: the default recipe's, "
                    f"{TrainConfig().precision})")
@@ -156,6 +202,13 @@ def main() -> int:
     for batch, proj, ref, ceil in rows:
         print(f"{batch:>5} | {proj:>13,.0f} | {ref:>14,.0f} | {proj / ref:>5.2f}x | {ceil:>13,.0f} | "
               f"{100 * proj / ceil:>14.1f}%")
+    if args.profile:
+        shares = profile_ceiling(args.batch_sizes[0], args.steps, amp, device)
+        print(f"\nwhere the ceiling step's time goes (batch {args.batch_sizes[0]}, {args.steps} steps, torch.profiler)")
+        print(f"{'operators':>22} | {'share':>6}")
+        for kind, share in shares.items():
+            print(f"{kind:>22} | {100 * share:>5.1f}%")
+        figures["profile_shares"] = {k: round(v, 3) for k, v in shares.items()}
     figures.update({"device": describe_device(device), "precision": precision_name(amp)})
     print(json.dumps(figures))
     return 0

@@ -79,8 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "result bit for bit, as on the CPU, where runs always are; slower (default: cuDNN picks the "
                    "fastest kernels, and CUDA runs differ in the last bits)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="fp32 (simplecnn's default recipe, as the report) or auto (the other recipes): bf16 on "
-                   "CPUs with native bf16 and on CUDA GPUs that support it, fp16 on other GPUs, else fp32")
+                   help="auto (the default): bf16 autocast on CPUs with native bf16 and on CUDA GPUs that support "
+                   "it, fp16 on other GPUs, else fp32; fp32 for the report's exact numerics")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="where outputs go (default ./checkpoints)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--keep", choices=["best", "last"],
