@@ -230,12 +230,16 @@ def run(args: argparse.Namespace) -> int:
         written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]
         meta.files = {name: sha256_file(staging / name) for name in written if name != "metadata.json"}
         meta.write(staging / "metadata.json")
+        # metadata.json goes last: whoever reads the new one finds every file it lists (with those checksums)
+        # and none of an earlier export's files that it does not list.
         for name in written:
-            os.replace(staging / name, out / name)
+            if name != "metadata.json":
+                os.replace(staging / name, out / name)
         for name in set(ARTIFACTS) - set(written):
             # An earlier export's file this one did not write (e.g. model.int8.onnx after --no-int8) would
             # sit beside metadata.json that no longer lists it.
             (out / name).unlink(missing_ok=True)
+        os.replace(staging / "metadata.json", out / "metadata.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"exported {out / 'model.ts'}, {out / 'model.onnx'} and the explanation graphs: parity on {n} test images "

@@ -206,13 +206,31 @@ def test_int8_drop_guard_refuses_and_leaves_previous_artifacts(artifacts, checkp
     assert {p.name: p.read_bytes() for p in artifacts.iterdir()} == before
 
 
-def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path):
+def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path, monkeypatch):
     # Left by an earlier export into the same folder: gone afterwards, as metadata.json does not list them.
     (tmp_path / "model.int8.onnx").write_bytes(b"an older model")
     (tmp_path / "reliability.png").write_bytes(b"an older plot")
     (tmp_path / "notes.txt").write_text("not an artifact: kept")
+    events: list[str] = []  # what happened in the output folder, in order
+    replace, unlink = os.replace, Path.unlink
+
+    def recording_replace(src, dst):
+        if Path(dst).parent == tmp_path:
+            events.append(f"replace {Path(dst).name}")
+        return replace(src, dst)
+
+    def recording_unlink(path, missing_ok=False):
+        if path.parent == tmp_path:
+            events.append(f"unlink {path.name}")
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    monkeypatch.setattr(Path, "unlink", recording_unlink)
     assert export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--data", str(shared_data),
                   "--parity-images", "1000", "--no-int8", "--no-calibration", "--quiet") == 0
+    monkeypatch.undo()
+    # metadata.json is the last change: a reader of the new one sees only the files it lists.
+    assert events[-1] == "replace metadata.json" and "unlink model.int8.onnx" in events
     assert not (tmp_path / "model.int8.onnx").exists() and not (tmp_path / "reliability.png").exists()
     assert (tmp_path / "notes.txt").exists()
     meta = json.loads((tmp_path / "metadata.json").read_text())
