@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import cifar_test_image  # noqa: E402
+from common import image_to_post  # noqa: E402
 
 from clients.local import LocalService, bentoml_launcher, free_port, with_project_path  # noqa: E402
 
@@ -121,11 +121,7 @@ def main() -> int:
     if model_dir.returncode != 0:
         print(f"error: no {args.model} in the BentoML store; run python -m export ... --bentoml", file=sys.stderr)
         return 2
-    image = Path(args.image) if args.image else cifar_test_image()
-    if image is None or not image.is_file():
-        print("error: no CIFAR-10 test image under $CIFAR10_DATA or ../shared/datasets/cifar10; pass --image FILE",
-              file=sys.stderr)
-        return 2
+    image = image_to_post(args.image)
     if args.duration <= 0:
         print("error: --duration must be positive", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import cifar_test_image  # noqa: E402
+from common import image_to_post  # noqa: E402
 
 from clients.local import LocalService, with_project_path  # noqa: E402
 
@@ -89,11 +89,7 @@ def main() -> int:
     if shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey)", file=sys.stderr)
         return 2
-    image = Path(args.image) if args.image else cifar_test_image()
-    if image is None or not image.is_file():
-        print("error: no CIFAR-10 test image under $CIFAR10_DATA or ../shared/datasets/cifar10; pass --image FILE",
-              file=sys.stderr)
-        return 2
+    image = image_to_post(args.image)
     tmp = Path(tempfile.mkdtemp(prefix="shutdown-"))
     atexit.register(shutil.rmtree, tmp, True)  # also when a run fails half-way
     body = tmp / "body"

@@ -170,24 +170,29 @@ def test_model_info_readyz_livez_metrics(client):
     assert _predictions(client) == {**before, label: before.get(label, 0) + 3}
 
 
-def _predictions(client) -> dict[str, float]:
-    """cifar10_predictions_total by label, from /metrics."""
-    counts = {}
+def _samples(client, metric: str) -> list[tuple[str, float]]:
+    """(label set, value) of every sample of a metric in /metrics."""
+    samples = []
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("cifar10_predictions_total{"):
-            name = line.split('label="', 1)[1].split('"', 1)[0]
-            counts[name] = counts.get(name, 0) + float(line.rsplit(" ", 1)[1])
+        if line.startswith(metric + "{"):
+            labels, value = line.rsplit(" ", 1)
+            samples.append((labels, float(value)))
+    return samples
+
+
+def _predictions(client) -> dict[str, float]:
+    """cifar10_predictions_total by label."""
+    counts = {}
+    for labels, value in _samples(client, "cifar10_predictions_total"):
+        name = labels.split('label="', 1)[1].split('"', 1)[0]
+        counts[name] = counts.get(name, 0) + value
     return counts
 
 
 def _classify_count(client) -> float:
     """BentoML's own request counter for POST /classify answered 200, summed over its label sets."""
-    total = 0.0
-    for line in client.get("/metrics").text.splitlines():
-        if (line.startswith("bentoml_service_request_total{") and 'endpoint="/classify"' in line
-                and 'http_response_code="200"' in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(value for labels, value in _samples(client, "bentoml_service_request_total")
+               if 'endpoint="/classify"' in labels and 'http_response_code="200"' in labels)
 
 
 def test_fast_lane_keeps_bentoml_request_metrics(client, server):
