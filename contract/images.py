@@ -56,25 +56,43 @@ def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded bytes -> uint8 [size, size, 3], or ImageError with a stable code."""
+def open_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> an opened image whose header is read and checked (pixels not decoded yet: cheap, so a
+    caller can see `.size` before deciding where the expensive part, to_input(), runs), or ImageError."""
     if not data:
         raise ImageError("empty_file", "the uploaded file is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageError("image_too_large", f"the image is {width}x{height} pixels; the limit is "
-                                 f"{max_pixels:,} pixels")
-            im.load()
-            return prepare(im, size)
-    except ImageError:
-        raise
+        im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not_an_image", "the uploaded file is not an image in a format this service reads "
                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError...)
-        raise ImageError("corrupt_image",
-                         f"the image could not be decoded; it is truncated or corrupt ({exc})") from None
+        raise _corrupt(exc) from None
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise ImageError("image_too_large", f"the image is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+    return im
+
+
+def to_input(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An image from open_upload() -> uint8 [size, size, 3] (decodes its pixels, then closes it), or ImageError."""
+    try:
+        with im:
+            im.load()
+            return prepare(im, size)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError...)
+        raise _corrupt(exc) from None
+
+
+def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> uint8 [size, size, 3], or ImageError with a stable code."""
+    return to_input(open_upload(data, max_pixels), size)
+
+
+def _corrupt(exc: Exception) -> ImageError:
+    return ImageError("corrupt_image", f"the image could not be decoded; it is truncated or corrupt ({exc})")

@@ -248,26 +248,103 @@ def test_field_parsing_takes_plain_and_json_quoted_text_and_refuses_the_rest():
             target_index(bad, CIFAR10_CLASSES)
 
 
-def test_large_uploads_decode_off_the_event_loop(monkeypatch):
-    # A CIFAR-sized upload decodes inline; a large one (up to 40 M pixels: seconds) in a worker thread, so that
-    # it cannot stall other requests or the health probes.
-    import threading
-    from types import SimpleNamespace
+def _encoded(size: tuple[int, int], fmt: str, **kw) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 80, 40)).save(buf, fmt, **kw)
+    return buf.getvalue()
 
-    import anyio
+
+def _decode_harness(monkeypatch, slots: int, hold: float = 0.0):
+    """api._decode with a stand-in service; records the thread and the concurrency of every pixel decode."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
 
     from serving import api
 
-    seen = []
-    monkeypatch.setattr(api, "decode", lambda data, size, max_pixels: seen.append(threading.get_ident()) or data)
-    svc = SimpleNamespace(input_size=32, max_pixels=40_000_000)
-    loop_thread = []
+    log = SimpleNamespace(threads=[], running=0, most=0, lock=threading.Lock())
+    real = api.to_input
+
+    def to_input(im, size):
+        with log.lock:
+            log.threads.append(threading.get_ident())
+            log.running += 1
+            log.most = max(log.most, log.running)
+        try:
+            time.sleep(hold)
+            return real(im, size)
+        finally:
+            with log.lock:
+                log.running -= 1
+    monkeypatch.setattr(api, "to_input", to_input)
+    pool = ThreadPoolExecutor(max_workers=slots)
+    svc = SimpleNamespace(input_size=32, max_pixels=40_000_000, decode_pool=pool)
+    return api, svc, log
+
+
+def test_uploads_with_many_pixels_decode_off_the_event_loop_however_small_the_file(monkeypatch):
+    # A CIFAR-sized image decodes inline; one with many pixels (up to 40 M: seconds) in a worker thread, so that
+    # it cannot stall other requests or the health probes. A flat lossless WebP of 1,000 x 1,000 pixels is a few
+    # hundred bytes: the decision must come from the header, not the byte count.
+    import threading
+
+    import anyio
+
+    from serving.errors import RequestError
+
+    api, svc, log = _decode_harness(monkeypatch, slots=2)
+    small = _encoded((32, 32), "PNG")
+    many = _encoded((1000, 1000), "WEBP", lossless=True)
+    assert len(many) < 8 * 1024
+    loop = []
 
     async def go(images):
-        loop_thread.append(threading.get_ident())
+        loop.append(threading.get_ident())
         return await api._decode(images, svc)
 
-    assert anyio.run(go, [(b"small", "a")]) == [b"small"]
-    big = b"x" * (api.INLINE_DECODE_BYTES + 1)
-    assert anyio.run(go, [(b"small", "a"), (big, "b")]) == [b"small", big]  # order kept
-    assert seen[0] == loop_thread[0] and seen[1] == seen[2] != loop_thread[1]
+    assert [a.shape for a in anyio.run(go, [(small, "a")])] == [(32, 32, 3)]
+    assert log.threads[-1] == loop[-1]
+    out = anyio.run(go, [(small, "a"), (many, "b")])
+    assert [a.shape for a in out] == [(32, 32, 3)] * 2 and (out[1] == out[1][0, 0]).all()  # order kept
+    assert log.threads[-2] == log.threads[-1] != loop[-1]
+    # A large body has its headers read off the loop too; a bad image there is still the request's error.
+    with pytest.raises(RequestError) as exc:
+        anyio.run(go, [(many + b"\0" * api.INLINE_HEADER_BYTES, "c"), (b"not an image", "d")])
+    assert exc.value.status == 400 and exc.value.code == "not_an_image" and exc.value.message.startswith("d:")
+    svc.decode_pool.shutdown()
+
+
+def test_large_decodes_run_at_most_one_per_pool_thread(monkeypatch):
+    # 40 M pixels hold 300-470 MB while they decode: six concurrent requests on a pool of one decode one at a time.
+    import anyio
+
+    api, svc, log = _decode_harness(monkeypatch, slots=1, hold=0.05)
+    many = _encoded((400, 400), "PNG")
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(api._decode, [(many, f"r{i}a"), (many, f"r{i}b")], svc)
+    anyio.run(main)
+    svc.decode_pool.shutdown()
+    assert len(log.threads) == 12 and log.most == 1
+
+
+def test_a_request_that_times_out_stops_decoding(monkeypatch):
+    # The service's timeout cancels the handler (asyncio.timeout); the thread must not decode the rest for nobody.
+    import asyncio
+
+    import anyio
+
+    api, svc, log = _decode_harness(monkeypatch, slots=1, hold=0.2)
+    many = _encoded((400, 400), "PNG")
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await api._decode([(many, f"image {i}") for i in range(10)], svc)
+    anyio.run(main)
+    svc.decode_pool.shutdown()  # waits for the image being decoded when the timeout came; no other may start
+    assert len(log.threads) == 1 and log.running == 0
