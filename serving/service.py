@@ -67,7 +67,7 @@ class CIFAR10Classifier:
         self.input_size: int = self.meta.input_size
         self.max_upload_bytes = SETTINGS.max_upload_bytes
         self.max_pixels = SETTINGS.max_pixels
-        # Large uploads decode here, one image per job (serving/api.py): memory stays a few images' worth.
+        # Large uploads decode here, one image per job (serving/api.py): memory is bounded by the pool's threads.
         self.decode_pool = ThreadPoolExecutor(max_workers=SETTINGS.threads, thread_name_prefix="decode")
         self.backend = load_backend(model_dir, SETTINGS.runtime, SETTINGS.device, SETTINGS.threads)
         # 16 bounds the wait behind a running batch for SimpleCNN: p99 at c=32 was 32-38 ms with 16 and 43-59 ms
