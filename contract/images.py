@@ -39,7 +39,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert() would copy an RGB image (0.16 GB at 40 MP)
 
 
 def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -47,7 +47,7 @@ def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
     try:
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # without in_place, an upright image is copied whole
     except Exception:  # noqa: BLE001 - a malformed EXIF block (wrong tag types) still leaves readable pixels
         pass
     im = _to_rgb(im)

@@ -226,8 +226,8 @@ def _b64(value: Any, limit: int, where: str) -> bytes:
 
 
 # A request whose images hold few pixels decodes on the event loop (a CIFAR-10 JPEG: 1,024 pixels, tens of
-# microseconds, less than a thread hop). Larger ones, up to CIFAR10_MAX_PIXELS each (a 40 MP image takes 0.2-0.6 s
-# and 0.3-0.8 GB while it decodes), go to the decode pool, so that they never stall other requests, /readyz and
+# microseconds, less than a thread hop). Larger ones, up to CIFAR10_MAX_PIXELS each (a 40 MP image takes 0.2-0.5 s
+# and 0.16-0.63 GB while it decodes), go to the decode pool, so that they never stall other requests, /readyz and
 # /livez. The headers decide, not the byte counts: a 1.7 kB lossless WebP can hold 40 M pixels (measured
 # 2026-11-30). Headers are read on the loop only for small bodies (a large TIFF's tags are parsed in Python).
 INLINE_DECODE_PIXELS = 128 * 128
@@ -256,8 +256,8 @@ async def _decode(images: list[tuple[bytes, str]], svc) -> list[np.ndarray]:
     # One image per job on the worker's decode pool (svc.decode_pool: as many threads as the worker has CPUs to
     # use): concurrent large uploads take turns image by image, use every CPU, and hold memory for the pool's
     # threads only (8 concurrent 40 MP uploads: 2.6 GB on anyio's 40-thread pool, 1.9 GB on this pool of 2, and
-    # 1.9 GB for 16, docs/serving.md). A request that times out or whose client left stops before its next
-    # image instead of decoding the rest for nobody.
+    # 1.9 GB for 16, before decoding stopped copying the image twice; docs/serving.md). A request that times out
+    # or whose client left stops before its next image instead of decoding the rest for nobody.
     loop = asyncio.get_running_loop()
     out = []
     for job, name in jobs:
