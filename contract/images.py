@@ -43,7 +43,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def prepare(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB."""
+    """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB. Turns `im` itself by its EXIF orientation."""
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
     try:
