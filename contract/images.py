@@ -66,10 +66,8 @@ def open_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     except UnidentifiedImageError:
         raise ImageError("not_an_image", "the uploaded file is not an image in a format this service reads "
                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError...)
-        raise _corrupt(exc) from None
+        raise _refusal(exc) from None
     width, height = im.size
     if width * height > max_pixels:
         im.close()
@@ -83,10 +81,8 @@ def to_input(im: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
         with im:
             im.load()
             return prepare(im, size)
-    except Image.DecompressionBombError as exc:
-        raise ImageError("image_too_large", f"the image is too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, IndexError...)
-        raise _corrupt(exc) from None
+        raise _refusal(exc) from None
 
 
 def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -94,5 +90,8 @@ def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = DEFAULT_MAX_PI
     return to_input(open_upload(data, max_pixels), size)
 
 
-def _corrupt(exc: Exception) -> ImageError:
+def _refusal(exc: Exception) -> ImageError:
+    """What Pillow raised while opening or decoding an upload, as the ImageError a client gets."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError("image_too_large", f"the image is too large to decode safely ({exc})")
     return ImageError("corrupt_image", f"the image could not be decoded; it is truncated or corrupt ({exc})")

@@ -255,7 +255,7 @@ def _encoded(size: tuple[int, int], fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _decode_harness(monkeypatch, slots: int, hold: float = 0.0):
+def _decode_harness(monkeypatch, threads: int, hold: float = 0.0):
     """api._decode with a stand-in service; records the thread and the concurrency of every pixel decode."""
     import threading
     import time
@@ -279,7 +279,7 @@ def _decode_harness(monkeypatch, slots: int, hold: float = 0.0):
             with log.lock:
                 log.running -= 1
     monkeypatch.setattr(api, "to_input", to_input)
-    pool = ThreadPoolExecutor(max_workers=slots)
+    pool = ThreadPoolExecutor(max_workers=threads)
     svc = SimpleNamespace(input_size=32, max_pixels=40_000_000, decode_pool=pool)
     return api, svc, log
 
@@ -294,7 +294,7 @@ def test_uploads_with_many_pixels_decode_off_the_event_loop_however_small_the_fi
 
     from serving.errors import RequestError
 
-    api, svc, log = _decode_harness(monkeypatch, slots=2)
+    api, svc, log = _decode_harness(monkeypatch, threads=2)
     small = _encoded((32, 32), "PNG")
     many = _encoded((1000, 1000), "WEBP", lossless=True)
     assert len(many) < 8 * 1024
@@ -317,10 +317,10 @@ def test_uploads_with_many_pixels_decode_off_the_event_loop_however_small_the_fi
 
 
 def test_large_decodes_run_at_most_one_per_pool_thread(monkeypatch):
-    # 40 M pixels hold 300-470 MB while they decode: six concurrent requests on a pool of one decode one at a time.
+    # 40 M pixels hold 0.16-0.63 GB while they decode: six concurrent requests on a pool of one decode one at a time.
     import anyio
 
-    api, svc, log = _decode_harness(monkeypatch, slots=1, hold=0.05)
+    api, svc, log = _decode_harness(monkeypatch, threads=1, hold=0.05)
     many = _encoded((400, 400), "PNG")
 
     async def main():
@@ -334,11 +334,9 @@ def test_large_decodes_run_at_most_one_per_pool_thread(monkeypatch):
 
 def test_a_request_that_times_out_stops_decoding(monkeypatch):
     # The service's timeout cancels the handler (asyncio.timeout); the thread must not decode the rest for nobody.
-    import asyncio
-
     import anyio
 
-    api, svc, log = _decode_harness(monkeypatch, slots=1, hold=0.2)
+    api, svc, log = _decode_harness(monkeypatch, threads=1, hold=0.2)
     many = _encoded((400, 400), "PNG")
 
     async def main():
