@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from contract.constants import CIFAR10_MEAN  # noqa: E402
 from contract.images import IMAGE_EXTENSIONS, decode  # noqa: E402
+from contract.onnx_session import onnx_session  # noqa: E402
 
 
 def test_images(data: Path, n: int, seed: int) -> np.ndarray:
@@ -86,11 +87,9 @@ def main() -> int:
               "--random-masks >= 1", file=sys.stderr)
         return 2
 
-    import onnxruntime as ort
-
     meta = json.loads((args.artifacts / "metadata.json").read_text())
-    explain = ort.InferenceSession(str(args.artifacts / "explain.onnx"), providers=["CPUExecutionProvider"])
-    model = ort.InferenceSession(str(args.artifacts / "model.onnx"), providers=["CPUExecutionProvider"])
+    explain = onnx_session(str(args.artifacts / "explain.onnx"))
+    model = onnx_session(str(args.artifacts / "model.onnx"))
     images = test_images(args.data, args.images, args.seed)
     n, h, w, _ = images.shape
     k = int(round(args.fraction * h * w))

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.onnx_session import onnx_session  # noqa: E402
 from export.graphs import load_torchscript  # noqa: E402
 from export.wrapper import classifier_from_checkpoint  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
@@ -64,9 +65,6 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    opts.inter_op_num_threads = 1
     providers = [pr for pr in ("CUDAExecutionProvider", "CPUExecutionProvider") if pr in ort.get_available_providers()]
     # (model, runtime label, device, call)
     runtimes: list[tuple[str, str, str, Callable[[np.ndarray], object]]] = []
@@ -82,11 +80,11 @@ def main() -> int:
                 runtimes.append((name, "torchscript", device, _torch_call(load_torchscript(art / "model.ts", device),
                                                                           device)))
         for provider in providers:
-            session = ort.InferenceSession(str(art / "model.onnx"), opts, providers=[provider])
+            session = onnx_session(str(art / "model.onnx"), args.threads, providers=[provider])
             label = "cuda" if provider.startswith("CUDA") else "cpu"
             runtimes.append((name, "onnxruntime", label, lambda x, s=session: s.run(None, {"image": x})))
         if (art / "model.int8.onnx").is_file():
-            session = ort.InferenceSession(str(art / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+            session = onnx_session(str(art / "model.int8.onnx"), args.threads)
             runtimes.append((name, "onnxruntime int8", "cpu", lambda x, s=session: s.run(None, {"image": x})))
 
     rows, figures = [], {}

@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import image_to_post  # noqa: E402
-
-from clients.local import LocalService, bentoml_launcher, free_port, with_project_path  # noqa: E402
+from local_service import LocalService, bentoml_launcher, free_port, with_project_path  # noqa: E402
 
 BOUNDARY = "cifar10benchboundary"
 # key -> (label, server environment or None for the peer, body kind, path)

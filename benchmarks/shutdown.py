@@ -8,7 +8,7 @@ main process only (as `docker stop` and Kubernetes send it) --after seconds in; 
 after the service is gone. A request is lost when it was sent on an accepted connection and got no answer
 ("connection reset by peer", EOF, a timeout); "connection refused" after the listener closed is not a loss.
 Also records the service's exit code and how long it took to exit. --graceful off runs BentoML's and uvicorn's
-own shutdown (CIFAR10_GRACEFUL_SHUTDOWN=off), the behaviour before serving/shutdown.py.
+own shutdown (CIFAR10_GRACEFUL_SHUTDOWN=off), the behaviour before serving/platform/shutdown.py.
 """
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import image_to_post  # noqa: E402
-
-from clients.local import LocalService, with_project_path  # noqa: E402
+from local_service import LocalService, with_project_path  # noqa: E402
 
 BOUNDARY = "cifar10shutdownboundary"
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contract.constants import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import CIFAR_BATCHES, DataError, detect_layout, load_split  # noqa: E402
-from training.engine import train_one_epoch  # noqa: E402
+from training.engine import TrainStep, train_one_epoch  # noqa: E402
 from training.models import SimpleCNN  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 from training.runtime import amp_dtype, autocast, describe_device, precision_name  # noqa: E402
@@ -45,9 +45,9 @@ def project_img_s(images, labels, batch, steps, amp, device) -> float:
     n = batch * steps
     sub_x, sub_y = images[:n].to(device), labels[:n].to(device)
     g = torch.Generator(device=device).manual_seed(0)
-    kw = dict(batch_size=batch, mean=mean, std=std, amp=amp, generator=g)
-    train_one_epoch(model, opt, sched, sub_x[:batch * 10], sub_y[:batch * 10], **kw)  # warm-up
-    return train_one_epoch(model, opt, sched, sub_x, sub_y, **kw)["img_s"]
+    step = TrainStep(model, opt, sched, batch, mean, std, amp, generator=g)
+    train_one_epoch(step, sub_x[:batch * 10], sub_y[:batch * 10])  # warm-up
+    return train_one_epoch(step, sub_x, sub_y)["img_s"]
 
 
 def ceiling_step(batch, steps, amp, device):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .client import DEFAULT_URL, Client, Prediction, ServiceError, ServiceUnreachable
-from .evaluate import EvalError, evaluate, find_samples, format_report, write_report
+from .http_eval import EvalError, evaluate_over_http, find_samples, format_report, write_report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def run_eval(client: Client, args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(samples), desc="classifying", unit="img", disable=args.quiet or None, file=sys.stderr)
     with bar:
-        result = evaluate(client, samples, list(info["classes"]), args.concurrency, on_done=bar.update)
+        result = evaluate_over_http(client, samples, list(info["classes"]), args.concurrency, on_done=bar.update)
     result.update(url=client.url, folder=str(root), model=info.get("model"), model_tag=info.get("tag"),
                   offline_test_acc=(info.get("metrics") or {}).get("test_acc"))
     written = write_report(args.out, result, f"{info.get('tag')} via {client.url}: "

@@ -2,7 +2,7 @@
 
 httpx rather than BentoML's SyncHTTPClient: that one needs all of bentoml installed on the caller's
 side and discovers endpoints from the service's @bentoml.api schema, which does not describe
-/classify (a Starlette route mounted into the service, see serving/api.py). httpx is one small
+/classify (a Starlette route mounted into the service, see serving/app.py). httpx is one small
 dependency, keeps a connection pool and is safe to share between threads.
 """
 from __future__ import annotations

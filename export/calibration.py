@@ -12,6 +12,7 @@ The temperature changes no accuracy, so the test accuracy reported elsewhere (al
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,20 @@ def halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return order[: n // 2].sort().values, order[n // 2:].sort().values
 
 
-def calibrate(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature's public record (metadata.json "calibration", the export report) and the indices of
+    the test images its figures were computed on (the reliability plot draws those; they are not published)."""
+
+    record: dict[str, Any]
+    held: torch.Tensor
+
+    @property
+    def temperature(self) -> float:
+        return self.record["temperature"]
+
+
+def calibrate(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> Calibration:
     """Fit T on a seeded half of the test logits, report before/after on the other half."""
     fit, held = halves(len(labels), seed)
     return calibrate_on(logits[fit], labels[fit], logits, labels, held, "test images (seeded half)",
@@ -75,18 +89,17 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict
 
 
 def calibrate_on(fit_logits: torch.Tensor, fit_labels: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                 held: torch.Tensor, fit_source: str, images: str) -> dict[str, Any]:
-    """Fit T on (fit_logits, fit_labels), report before/after on the test logits at indices `held`: the
-    record metadata.json and the report keep (`_held` is popped before it is written). `fit_source` names
-    the images T was fit on in a few words; `images` says in a sentence which images fit and which report."""
+                 held: torch.Tensor, fit_source: str, images: str) -> Calibration:
+    """Fit T on (fit_logits, fit_labels), report before/after on the test logits at indices `held`. `fit_source`
+    names the images T was fit on in a few words; `images` says in a sentence which images fit and which report."""
     t = fit_temperature(fit_logits, fit_labels)
     if not math.isfinite(t) or t <= 0:
         t = 1.0
-    return {"temperature": t, "method": "temperature scaling, NLL", "bins": BINS,
-            "fit_images": int(len(fit_labels)), "fit_source": fit_source, "report_images": int(len(held)),
-            "images": images,
-            "before": figures(logits[held], labels[held], 1.0), "after": figures(logits[held], labels[held], t),
-            "_held": held}
+    record = {"temperature": t, "method": "temperature scaling, NLL", "bins": BINS,
+              "fit_images": int(len(fit_labels)), "fit_source": fit_source, "report_images": int(len(held)),
+              "images": images,
+              "before": figures(logits[held], labels[held], 1.0), "after": figures(logits[held], labels[held], t)}
+    return Calibration(record, held)
 
 
 def reliability_plot(path: Path, logits: torch.Tensor, labels: torch.Tensor, temperature: float, title: str) -> None:

@@ -131,7 +131,7 @@ def autograd_cam(arch: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     return normalize_heat(cam, size).detach()
 
 
-class Explainer(nn.Module):
+class ExplainWrapper(nn.Module):
     """The deployable explanation: uint8 [N, H, W, 3] and target int64 [N] (-1: the top class) ->
     (heatmap [N, H, W] in [0, 1], probabilities [N, C] of the served classifier, TTA and temperature included)."""
 

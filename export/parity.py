@@ -6,6 +6,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from contract.onnx_session import onnx_session
+
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 [N,32,32,3] -> (logits, probs)
 
 
@@ -18,11 +20,7 @@ def torch_runner(module: torch.nn.Module) -> Runner:
 
 
 def onnx_runner(path: str, threads: int = 0) -> Runner:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
 
     def run(images: np.ndarray):
         logits, probs = session.run(["logits", "probabilities"], {"image": images})
@@ -33,11 +31,7 @@ def onnx_runner(path: str, threads: int = 0) -> Runner:
 def run_explain(path: str, images: np.ndarray, batch_size: int = 250,
                 threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(heatmaps, probabilities) of explain.onnx for the top class of every image."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     heat, probs = [], []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]

@@ -477,7 +477,7 @@ if [[ "$("$TOOL" inspect --format '{{.State.Running}}' "$CID" 2>/dev/null)" == t
 else
     record FAIL "still running" "the container stopped during the checks"
 fi
-# The fast lane depends on the BentoML inside the image (serving/fastlane.py): say whether it is on there.
+# The fast lane depends on the BentoML inside the image (serving/platform/fastlane.py): say whether it is on there.
 lane_line="$("$TOOL" logs "$CID" 2>&1 | grep -m 1 -o 'fast lane o[nf][^(]*' || true)"
 if [[ "$lane_line" == "fast lane on"* ]]; then
     record PASS "fast lane" "$lane_line"

@@ -1,5 +1,5 @@
 """Inference runtimes: ONNX Runtime (default; never imports torch) on CPU or CUDA, its int8 model on the CPU,
-or TorchScript.
+or TorchScript. The classifier's backend and the explanation graph (serving/explain.py) are opened here.
 
 A backend maps uint8 [N, 32, 32, 3] RGB to probabilities float32 [N, C]; normalization is in the graph.
 """
@@ -7,17 +7,59 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from contract.onnx_session import onnx_session
+
+from .config import DEVICES, RUNTIMES, SettingsError, choice
+
 log = logging.getLogger("bentoml.cifar10_service")
 
-RUNTIMES = ("onnx", "onnx-int8", "torchscript")
-DEVICES = ("auto", "cpu", "cuda")
+
+def open_onnx(path: Path, device: str, threads: int, runtime: str = "onnx"):
+    """(session, the device it really runs on) for an exported ONNX graph; device is auto, cpu or cuda."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    want_cuda = device in ("auto", "cuda")
+    providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else [])
+    providers.append("CPUExecutionProvider")
+    if device == "cuda" and providers[0] != "CUDAExecutionProvider":
+        raise SettingsError("CIFAR10_DEVICE=cuda, but onnxruntime has no CUDAExecutionProvider "
+                            f"(available: {', '.join(available)}); install onnxruntime-gpu")
+    session = onnx_session(str(path), threads, providers, spinning=False)
+    # ONNX Runtime silently falls back to CPU when CUDA cannot start: report what it really uses.
+    actual = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    if device == "cuda" and actual != "cuda":
+        raise SettingsError("CIFAR10_DEVICE=cuda, but ONNX Runtime could not start CUDA")
+    return session, actual
 
 
-class ConfigurationError(ValueError):
-    """A bad CIFAR10_* setting; the service refuses to start with this message."""
+class TorchScriptGraph:
+    """An exported TorchScript file on a device: numpy arrays in, numpy arrays out. The only place the service
+    imports torch (the ONNX path, the CPU bento, has none installed)."""
+
+    def __init__(self, path: Path, device: str, threads: Optional[int] = None):
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if device == "cuda" and not cuda:
+            raise SettingsError("CIFAR10_DEVICE=cuda, but torch sees no usable CUDA device")
+        self.device = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
+        if self.device == "cuda":
+            _ieee_fp32(torch)
+        if threads is not None:  # process-wide: set by the classifier's backend only
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def __call__(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        torch = self.torch
+        with torch.inference_mode():
+            outputs = self.module(*(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays))
+            return tuple(o.float().cpu().numpy() for o in outputs)
 
 
 class OnnxBackend:
@@ -25,29 +67,10 @@ class OnnxBackend:
     filename = "model.onnx"
 
     def __init__(self, model_dir: Path, device: str, threads: int):
-        import onnxruntime as ort
-
         if not (model_dir / self.filename).is_file():
-            raise ConfigurationError(f"CIFAR10_RUNTIME={self.runtime}, but the model has no {self.filename} "
-                                     "(export it again without --no-int8)")
-        available = ort.get_available_providers()
-        want_cuda = device in ("auto", "cuda")
-        providers = (["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else [])
-        providers.append("CPUExecutionProvider")
-        if device == "cuda" and providers[0] != "CUDAExecutionProvider":
-            raise ConfigurationError("CIFAR10_DEVICE=cuda, but onnxruntime has no CUDAExecutionProvider "
-                                     f"(available: {', '.join(available)}); install onnxruntime-gpu")
-        opts = ort.SessionOptions()
-        # ONNX Runtime sizes its pool from the machine, not from BentoML's worker count.
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Spinning idle threads would steal the CPU the event loop needs to parse the next request.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / self.filename), opts, providers=providers)
-        # ONNX Runtime silently falls back to CPU when CUDA cannot start: report what it really uses.
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            raise ConfigurationError("CIFAR10_DEVICE=cuda, but ONNX Runtime could not start CUDA")
+            raise SettingsError(f"CIFAR10_RUNTIME={self.runtime}, but the model has no {self.filename} "
+                                "(export it again without --no-int8)")
+        self.session, self.device = open_onnx(model_dir / self.filename, device, threads)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["probabilities"], {"image": images})[0]
@@ -61,7 +84,7 @@ class OnnxInt8Backend(OnnxBackend):
 
     def __init__(self, model_dir: Path, device: str, threads: int):
         if device == "cuda":
-            raise ConfigurationError("CIFAR10_RUNTIME=onnx-int8 runs on the CPU; use onnx (or torchscript) on CUDA")
+            raise SettingsError("CIFAR10_RUNTIME=onnx-int8 runs on the CPU; use onnx (or torchscript) on CUDA")
         super().__init__(model_dir, "cpu", threads)
 
 
@@ -69,22 +92,11 @@ class TorchScriptBackend:
     runtime = "torchscript"
 
     def __init__(self, model_dir: Path, device: str, threads: int):
-        import torch
-
-        cuda = torch.cuda.is_available()
-        if device == "cuda" and not cuda:
-            raise ConfigurationError("CIFAR10_DEVICE=cuda, but torch sees no usable CUDA device")
-        self.device = "cuda" if device in ("auto", "cuda") and cuda else "cpu"
-        if self.device == "cuda":
-            _ieee_fp32(torch)
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.module = torch.jit.load(str(model_dir / "model.ts"), map_location=self.device).eval()
+        self.graph = TorchScriptGraph(model_dir / "model.ts", device, threads)
+        self.device = self.graph.device
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            x = self.torch.from_numpy(images).to(self.device, non_blocking=True)
-            return self.module(x)[1].float().cpu().numpy()
+        return self.graph(images)[1]
 
 
 def _ieee_fp32(torch) -> None:
@@ -99,10 +111,8 @@ def _ieee_fp32(torch) -> None:
 
 
 def load_backend(model_dir: Path, runtime: str, device: str, threads: int):
-    if runtime not in RUNTIMES:
-        raise ConfigurationError(f"CIFAR10_RUNTIME must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if device not in DEVICES:
-        raise ConfigurationError(f"CIFAR10_DEVICE must be one of {', '.join(DEVICES)}, got {device!r}")
+    choice("CIFAR10_RUNTIME", runtime, RUNTIMES)
+    choice("CIFAR10_DEVICE", device, DEVICES)
     cls = {"onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend, "torchscript": TorchScriptBackend}[runtime]
     backend = cls(model_dir, device, threads)
     log.info("runtime %s on %s (asked: %s), %d intra-op thread(s)", backend.runtime, backend.device, device, threads)

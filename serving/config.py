@@ -8,7 +8,18 @@ from typing import Optional
 from contract.constants import DEFAULT_MAX_PIXELS
 from contract.cpus import worker_cpus
 
-from .backends import ConfigurationError
+RUNTIMES = ("onnx", "onnx-int8", "torchscript")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """A bad CIFAR10_* setting; the service refuses to start with this message."""
+
+
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -18,9 +29,9 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -31,9 +42,9 @@ def _seconds(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not 0 <= value <= 300:
-        raise ConfigurationError(f"{name} must be from 0 to 300 seconds, got {value:g}")
+        raise SettingsError(f"{name} must be from 0 to 300 seconds, got {value:g}")
     return value
 
 
@@ -45,7 +56,7 @@ def _bool(name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "off", "no"):
         return False
-    raise ConfigurationError(f"{name} must be on or off, got {raw!r}")
+    raise SettingsError(f"{name} must be on or off, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,8 @@ class Settings:
         workers = _int("CIFAR10_WORKERS", 1)
         return cls(
             model_tag=os.environ.get("CIFAR10_MODEL", "cifar10-simplecnn:latest"),
-            runtime=os.environ.get("CIFAR10_RUNTIME", "onnx").strip().lower(),
-            device=os.environ.get("CIFAR10_DEVICE", "auto").strip().lower(),
+            runtime=choice("CIFAR10_RUNTIME", os.environ.get("CIFAR10_RUNTIME", "onnx").strip().lower(), RUNTIMES),
+            device=choice("CIFAR10_DEVICE", os.environ.get("CIFAR10_DEVICE", "auto").strip().lower(), DEVICES),
             workers=workers,
             # Each worker gets its share of the CPUs it may run on; torch and onnxruntime would
             # otherwise each start one thread per core in every worker.
@@ -88,9 +99,10 @@ class Settings:
             max_pixels=_int("CIFAR10_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
-            # /classify and /classify_batch skip BentoML's per-request middleware (serving/fastlane.py).
+            # /classify and /classify_batch skip BentoML's per-request middleware (serving/platform/fastlane.py).
             fast_lane=_bool("CIFAR10_FAST_LANE", True),
-            # Seconds between SIGTERM (/readyz 503 from then on) and stopping new connections (serving/shutdown.py).
+            # Seconds between SIGTERM (/readyz 503 from then on) and stopping new connections
+            # (serving/platform/shutdown.py).
             shutdown_delay=_seconds("CIFAR10_SHUTDOWN_DELAY", 2.0),
             # off: BentoML's and uvicorn's own shutdown, which loses queued connections (benchmarks/shutdown.py).
             graceful_shutdown=_bool("CIFAR10_GRACEFUL_SHUTDOWN", True),

@@ -47,41 +47,23 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-class Explainer:
+class ExplainRunner:
     """uint8 [N, H, W, 3] and target int64 [N] (-1: top class) -> (heatmap [N, H, W], probabilities [N, C])."""
 
     def __init__(self, model_dir: Path, runtime: str, device: str):
+        from .backends import TorchScriptGraph, open_onnx
+
         self.runtime = runtime
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar10-explain")
         if runtime == "torchscript":
-            import torch
-
-            self.torch = torch
-            self.device = device
-            self.module = torch.jit.load(str(model_dir / "explain.ts"), map_location=device).eval()
-            self._run = self._run_torchscript
+            self._run = TorchScriptGraph(model_dir / "explain.ts", device)
         else:
-            import onnxruntime as ort
+            session, _ = open_onnx(model_dir / "explain.onnx", device, threads=1)
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            opts.inter_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else \
-                ["CPUExecutionProvider"]
-            self.session = ort.InferenceSession(str(model_dir / "explain.onnx"), opts, providers=providers)
-            self._run = self._run_onnx
-
-    def _run_onnx(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        heat, probs = self.session.run(["heatmap", "probabilities"], {"image": images, "target": target})
-        return heat, probs
-
-    def _run_torchscript(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
-        with torch.inference_mode():
-            heat, probs = self.module(torch.from_numpy(images).to(self.device),
-                                      torch.from_numpy(target).to(self.device))
-        return heat.float().cpu().numpy(), probs.float().cpu().numpy()
+            def run(images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                heat, probs = session.run(["heatmap", "probabilities"], {"image": images, "target": target})
+                return heat, probs
+            self._run = run
 
     def __call__(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._run(images, target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from contract.constants import MAX_BATCH_IMAGES
 
@@ -220,24 +220,3 @@ def client_routes() -> list[dict[str, Any]]:
     return [{"name": ep.client["name"], "route": ep.path, "description": ep.summary, "batchable": False,
              "input": copy.deepcopy(ep.client["input"]), "output": copy.deepcopy(ep.client["output"])}
             for ep in ENDPOINTS if ep.client]
-
-
-class SchemaRoutesMiddleware:
-    """Answers GET /schema.json with BentoML's own schema plus this service's routes, so that
-    bentoml.SyncHTTPClient(url).classify(image=...) exists. BentoML registers /schema.json before any mounted
-    app, so only a middleware can extend it; every other request passes straight through."""
-
-    def __init__(self, app, base_schema: Callable[[], dict[str, Any]]):
-        self.app = app
-        self.base_schema = base_schema
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/schema.json" and scope["method"] == "GET":
-            from starlette.responses import JSONResponse
-
-            schema = dict(self.base_schema())
-            known = {r["name"] for r in schema.get("routes", [])}
-            schema["routes"] = [*schema.get("routes", []), *(r for r in client_routes() if r["name"] not in known)]
-            await JSONResponse(schema)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

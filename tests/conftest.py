@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients.local import LocalService
 from contract.constants import CIFAR10_CLASSES as _CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/local_service.py (a service process with a free port and a clean stop) serves the tests too.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from local_service import LocalService  # noqa: E402
+
 # Absolute: make passes CIFAR10_DATA relative to the project root, and the browser needs absolute paths.
 SHARED_CIFAR = Path(os.environ.get("CIFAR10_DATA") or ROOT.parent / "shared" / "datasets" / "cifar10").resolve()
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from local_service import free_port
 from PIL import Image
 
 from clients import Client, Prediction, ServiceError, ServiceUnreachable
-from clients.local import free_port
 from conftest import CIFAR10_CLASSES, ROOT, cifar_test_images
 from contract.images import decode
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from local_service import free_port
 
-from clients.local import free_port
 from conftest import ROOT
 from contract.constants import CIFAR10_MEAN, CIFAR10_STD
 from training import distributed
 from training.checkpoint import load_checkpoint
 from training.cli import get_args_parser, main
 from training.data import load_split
-from training.engine import evaluate
+from training.engine import Inference, evaluate
 from training.models import SimpleCNN
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def test_sharded_test_accuracy_equals_one_process_evaluating_best_pt(ddp_run, re
     model = SimpleCNN(num_classes=10)
     model.load_state_dict(ckpt.model)
     test = load_split(real_subset, "test")
-    alone = evaluate(model, test.images, test.labels, mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
+    alone = evaluate(model, test.images, test.labels, Inference(torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)))
     assert ckpt.metrics["test_images"] == 300
     assert ckpt.metrics["test_acc"] == pytest.approx(alone["acc"], abs=1e-9)
     assert ckpt.metrics["test_loss"] == pytest.approx(alone["loss"], rel=1e-4)

@@ -27,7 +27,7 @@ COMMANDS = {
     ("scripts/container_smoke.sh",): ["bash", "scripts/container_smoke.sh"],
 }
 for script in sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
-    if script.name != "serve_peer.py":  # a uvicorn app, not a command
+    if script.name not in ("serve_peer.py", "native_service.py", "local_service.py", "common.py"):  # not commands
         rel = str(script.relative_to(ROOT))
         COMMANDS[("python", rel)] = [sys.executable, rel]
 

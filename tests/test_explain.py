@@ -144,7 +144,7 @@ def test_ece_of_a_hand_built_case():
 def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(brief_checkpoint, real_subset):
     import dataclasses
 
-    from export.cli import _calibrate, _eager_logits
+    from export.pipeline import CalibrationImages, ExportError, Inputs, calibrate, eager_logits
     from export.wrapper import classifier_from_checkpoint
     from training.checkpoint import load_checkpoint
     from training.config import TrainConfig
@@ -158,22 +158,25 @@ def test_a_val_split_checkpoint_is_calibrated_on_its_held_out_training_images(br
                                provenance=ran)
     wrapper = classifier_from_checkpoint(ckpt, brief_checkpoint)
     test = load_split(real_subset, "test")
-    logits = _eager_logits(wrapper, test.images)
-    result = _calibrate(ckpt, str(real_subset), wrapper, logits, test.labels)
+    logits = eager_logits(wrapper, test.images)
+    cal = CalibrationImages(test.images, test.labels, logits)
+
+    def fitted(checkpoint):
+        return calibrate(Inputs(brief_checkpoint, checkpoint, wrapper, str(real_subset), test), cal).record
+
+    result = fitted(ckpt)
     # The images the run held out, as training chose them, fit T; every test image reports.
     _, val, _, _ = prepare_data(TrainConfig.from_dict(ckpt.config))
     assert result["fit_images"] == 120 and result["report_images"] == len(test) == 300
-    assert result["temperature"] == pytest.approx(fit_temperature(_eager_logits(wrapper, val.images), val.labels))
+    assert result["temperature"] == pytest.approx(fit_temperature(eager_logits(wrapper, val.images), val.labels))
     assert "--val-split 120" in result["images"] and result["fit_source"] == "held-out training images"
     assert result["before"] == figures(logits, test.labels, 1.0)
     # Another copy of the data (here: one with more training images) cannot rebuild the run's hold-out.
-    from export.cli import ExportError
-
     bigger = dataclasses.replace(ckpt, provenance={**ran, "dataset": {**ran["dataset"], "train_images": n_train}})
     with pytest.raises(ExportError, match=f"has {n_train} images, the run's had {n_train + 120}"):
-        _calibrate(bigger, str(real_subset), wrapper, logits, test.labels)
+        fitted(bigger)
     # Without a hold-out, a seeded half of the test images fits and the other half reports.
-    plain = _calibrate(load_checkpoint(brief_checkpoint), str(real_subset), wrapper, logits, test.labels)
+    plain = fitted(load_checkpoint(brief_checkpoint))
     assert plain["fit_images"] == plain["report_images"] == 150
     assert plain["fit_source"] == "test images (seeded half)"
 

@@ -83,11 +83,11 @@ def test_graphs_take_uint8_hwc_and_match_the_trainer(artifacts, checkpoint, real
     from contract.constants import CIFAR10_MEAN, CIFAR10_STD
     from training.checkpoint import build_model
     from training.data import load_split
-    from training.engine import predict_logits
+    from training.engine import Inference, predict_logits
 
     test = load_split(real_subset, "test")
     model = build_model(load_checkpoint(checkpoint)).eval()
-    expected = predict_logits(model, test.images, mean=torch.tensor(CIFAR10_MEAN), std=torch.tensor(CIFAR10_STD))
+    expected = predict_logits(model, test.images, Inference(torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)))
     session = ort.InferenceSession(str(artifacts / "model.onnx"))
     logits, probs = session.run(None, {"image": test.images.numpy()})
     assert np.abs(logits - expected.numpy()).max() < 1e-4
@@ -189,16 +189,16 @@ def test_int8_model_is_quantized_and_agrees_with_fp32(artifacts, shared_data):
 
 def test_int8_drop_guard_refuses_and_leaves_previous_artifacts(artifacts, checkpoint, shared_data, capsys,
                                                                 monkeypatch):
-    import export.cli as cli
+    import export.pipeline as pipeline
 
     before = {p.name: p.read_bytes() for p in artifacts.iterdir()}
-    real = cli._int8
+    real = pipeline.check_int8
 
     def worse(*args, **kwargs):  # the real quantization, reported 1 point worse than it measured
         record = real(*args, **kwargs)
         return {**record, "drop_points": record["drop_points"] + 1.0}
 
-    monkeypatch.setattr(cli, "_int8", worse)
+    monkeypatch.setattr(pipeline, "check_int8", worse)
     assert export("--checkpoint", str(checkpoint), "--out", str(artifacts), "--data", str(shared_data),
                   "--parity-images", "1000", "--int8-max-drop", "0.5", "--quiet") == 1
     err = capsys.readouterr().err
@@ -208,33 +208,52 @@ def test_int8_drop_guard_refuses_and_leaves_previous_artifacts(artifacts, checkp
 
 def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path, monkeypatch):
     # Left by an earlier export into the same folder: gone afterwards, as metadata.json does not list them.
-    (tmp_path / "model.int8.onnx").write_bytes(b"an older model")
-    (tmp_path / "reliability.png").write_bytes(b"an older plot")
-    (tmp_path / "notes.txt").write_text("not an artifact: kept")
-    events: list[str] = []  # what happened in the output folder, in order
-    replace, unlink = os.replace, Path.unlink
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "model.int8.onnx").write_bytes(b"an older model")
+    (out / "reliability.png").write_bytes(b"an older plot")
+    (out / "notes.txt").write_text("not an artifact: kept")
+    import export.pipeline as pipeline
 
-    def recording_replace(src, dst):
-        if Path(dst).parent == tmp_path:
-            events.append(f"replace {Path(dst).name}")
-        return replace(src, dst)
+    swaps: list[tuple] = []  # (what the output folder held just before, just after, swapped) per swap
+    real = pipeline._exchange
 
-    def recording_unlink(path, missing_ok=False):
-        if path.parent == tmp_path:
-            events.append(f"unlink {path.name}")
-        return unlink(path, missing_ok=missing_ok)
+    def recording_exchange(a, b):
+        before = {p.name for p in Path(b).iterdir()}
+        done = real(a, b)
+        swaps.append((before, {p.name for p in Path(b).iterdir()}, done))
+        return done
 
-    monkeypatch.setattr(os, "replace", recording_replace)
-    monkeypatch.setattr(Path, "unlink", recording_unlink)
-    assert export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--data", str(shared_data),
+    monkeypatch.setattr(pipeline, "_exchange", recording_exchange)
+    assert export("--checkpoint", str(checkpoint), "--out", str(out), "--data", str(shared_data),
                   "--parity-images", "1000", "--no-int8", "--no-calibration", "--quiet") == 0
     monkeypatch.undo()
-    # metadata.json is the last change: a reader of the new one sees only the files it lists.
-    assert events[-1] == "replace metadata.json" and "unlink model.int8.onnx" in events
-    assert not (tmp_path / "model.int8.onnx").exists() and not (tmp_path / "reliability.png").exists()
-    assert (tmp_path / "notes.txt").exists()
-    meta = json.loads((tmp_path / "metadata.json").read_text())
+    # One swap replaced the whole folder: a reader of it saw the old files or the new ones, never a mix.
+    assert len(swaps) == 1 and swaps[0][2]
+    old, new, _ = swaps[0]
+    assert "model.int8.onnx" in old and "model.int8.onnx" not in new and "notes.txt" in new
+    assert not (out / "model.int8.onnx").exists() and not (out / "reliability.png").exists()
+    assert (out / "notes.txt").read_text() == "not an artifact: kept"
+    meta = json.loads((out / "metadata.json").read_text())
     assert meta["int8"] is None and meta["calibration"] is None
+    assert set(meta["files"]) | {"metadata.json", "notes.txt"} == {p.name for p in out.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".art.export-")]  # no staging folder left
+
+
+def test_the_folder_is_published_file_by_file_where_it_cannot_be_swapped(tmp_path):
+    # A folder with folders in it (or a mount point) cannot be swapped: the files are replaced, metadata.json last.
+    import export.pipeline as pipeline
+
+    out, staging = tmp_path / "out", tmp_path / "staging"
+    (out / "keep").mkdir(parents=True)
+    (out / "model.int8.onnx").write_bytes(b"old")
+    (out / "metadata.json").write_text("old")
+    staging.mkdir()
+    (staging / "model.onnx").write_bytes(b"new")
+    (staging / "metadata.json").write_text("new")
+    pipeline.publish(staging, out)
+    assert {p.name for p in out.iterdir()} == {"keep", "model.onnx", "metadata.json"}
+    assert (out / "metadata.json").read_text() == "new"
 
 
 def test_parity_refuses_nan_outputs_that_would_otherwise_agree():

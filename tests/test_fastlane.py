@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from serving import fastlane
+from serving.platform import fastlane
 
 
 class RunnerTrafficMetricsMiddleware:
@@ -140,14 +140,11 @@ def test_every_assumption_is_checked_and_a_broken_one_keeps_the_full_stack(monke
 def test_requests_off_the_lane_get_the_same_504_from_the_mounted_app(monkeypatch):
     # /explain, and every route with CIFAR10_FAST_LANE=off, take BentoML's whole stack: the mounted app times
     # them out itself, so they are answered in the service's error shape too (BentoML's own has no code).
-    from starlette.routing import Route
+    from serving.app import MountedApp
 
-    from serving import api
-
-    async def slow(request):
+    async def slow(svc, request):
         await asyncio.sleep(5)
 
-    monkeypatch.setattr(api, "ROUTES", [Route("/explain", slow, methods=["POST"])])
-    app = api.MountedApp(fast_lane=False, timeout=0.05)
+    app = MountedApp(fast_lane=False, timeout=0.05, endpoints={"/explain": (slow, ("POST",))})
     status, body = _call(app, "POST", "/explain")
     assert status == 504 and json.loads(body)["code"] == "timeout"

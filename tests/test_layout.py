@@ -86,8 +86,8 @@ def test_no_torch_at_all(package):
 
 def test_serving_imports_torch_only_on_the_torchscript_runtime():
     # The ONNX path (the CPU bento) has no torch installed: any other torch import would break it. The
-    # TorchScript backend and the explainer's TorchScript branch import it lazily, in their own code.
-    allowed = {("backends.py", ("TorchScriptBackend", "__init__")), ("explain.py", ("Explainer", "__init__"))}
+    # TorchScript graph (the classifier's and the explainer's TorchScript runtime) imports it lazily, in its own code.
+    allowed = {("backends.py", ("TorchScriptGraph", "__init__"))}
     seen = set()
     for path in files("serving"):
         for module, scope in imports(path):
@@ -95,6 +95,54 @@ def test_serving_imports_torch_only_on_the_torchscript_runtime():
                 seen.add((path.name, scope[:2]))
                 assert (path.name, scope[:2]) in allowed, (path, scope)
     assert seen == allowed
+
+
+def _reaches_inside_a_framework(module: str) -> bool:
+    """bentoml's private packages, Starlette's private modules, uvicorn (BentoML runs it; the service never
+    needs to name it)."""
+    parts = module.split(".")
+    if parts[0] in ("_bentoml_impl", "_bentoml_sdk", "bentoml_cli", "uvicorn", "circus"):
+        return True
+    if parts[0] == "bentoml" and any(p.startswith("_") for p in parts[1:]):
+        return True
+    return parts[0] == "starlette" and any(p.startswith("_") for p in parts[1:])
+
+
+def test_only_serving_platform_reaches_into_framework_internals():
+    platform = ROOT / "serving" / "platform"
+    bad = [f"{p.relative_to(ROOT)}: {m}" for package in PACKAGES for p in files(package)
+           if platform not in p.parents for m, _ in imports(p) if _reaches_inside_a_framework(m)]
+    assert not bad, "only serving/platform/ may reach into BentoML, Starlette or uvicorn internals:\n" + "\n".join(bad)
+    inside = {m for p in platform.glob("*.py") for m, _ in imports(p) if _reaches_inside_a_framework(m)}
+    assert inside, "the rule above would catch nothing: serving/platform/ is where the internals are reached"
+
+
+# What `pip install --no-deps .` plus these gives (docs/clients.md): the client-only install, no torch; and what
+# `cifar10-classify --eval` adds, imported only where it is used.
+CLIENT_ONLY = {"httpx", "numpy", "PIL"}
+CLIENT_EVAL = {"tqdm", "matplotlib"}
+
+
+def test_clients_import_only_what_a_client_only_install_has():
+    import sys
+
+    todo, seen, bad = ["clients"], set(), []
+    while todo:
+        package = todo.pop()
+        seen.add(package)
+        paths = files("clients") if package == "clients" else [ROOT / (package.replace(".", "/") + ".py")]
+        for path in paths:
+            for module, scope in imports(path):
+                top = module.split(".")[0]
+                if top in CLIENT_EVAL and scope:
+                    continue
+                if top == "contract":
+                    name = ".".join(module.split(".")[:2])
+                    if (ROOT / (name.replace(".", "/") + ".py")).is_file() and name not in seen:
+                        todo.append(name)
+                elif top not in sys.stdlib_module_names and top not in CLIENT_ONLY and top not in ("clients",):
+                    bad.append(f"{path.relative_to(ROOT)}: {module}")
+    assert not bad, f"clients/ (and the contract modules it uses) import beyond {sorted(CLIENT_ONLY)}: {bad}"
 
 
 def test_the_model_files_import_only_torch():
@@ -127,3 +175,10 @@ def test_bentofiles_pack_every_package_the_service_imports(bentofile):
                     todo.append(top)
     assert needed == {"serving", "contract"}
     assert needed <= included, f"{bentofile} includes {sorted(included)}, the service needs {sorted(needed)}"
+    # Every module of those packages, matched as BentoML matches (gitignore patterns: * stops at a /).
+    from pathspec import PathSpec
+
+    spec_ = PathSpec.from_lines("gitwildmatch", spec["include"])
+    left_out = [str(p.relative_to(ROOT)) for package in needed for p in files(package)
+                if not spec_.match_file(str(p.relative_to(ROOT)))]
+    assert not left_out, f"{bentofile} leaves out {left_out}"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from training.engine import Augmentation, Objective, train_one_epoch
+from training.engine import Augmentation, Objective, TrainStep, train_one_epoch
 from training.models import SimpleCNN
 
 
@@ -46,9 +46,9 @@ def test_an_epoch_with_a_teacher_asks_it_about_every_augmented_batch_and_learns_
         model = SimpleCNN()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         sched = torch.optim.lr_scheduler.StepLR(opt, 10)
-        stats = train_one_epoch(model, opt, sched, images, labels, batch_size=8, mean=torch.zeros(3),
-                                std=torch.ones(3), amp=None, generator=torch.Generator().manual_seed(0),
-                                aug=Augmentation(), objective=objective)
+        step = TrainStep(model, opt, sched, batch_size=8, mean=torch.zeros(3), std=torch.ones(3), amp=None,
+                         generator=torch.Generator().manual_seed(0), objective=objective)
+        stats = train_one_epoch(step, images, labels, aug=Augmentation())
         losses.append(stats["loss"])
     assert objective.teacher.seen == 24
     assert losses[0] != pytest.approx(losses[1])

@@ -29,8 +29,8 @@ def test_the_wheel_holds_every_package_and_the_pages_the_service_reads(tmp_path:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    # /ui and / read these from beside serving/api.py: without them an installed service answers 500.
+    # /ui and / read these from beside serving/handlers.py: without them an installed service answers 500.
     assert {"serving/static/index.html", "serving/static/docs.html"} <= names
-    for package in ("contract", "training", "training/models", "export", "serving", "clients"):
+    for package in ("contract", "training", "training/models", "export", "serving", "serving/platform", "clients"):
         assert f"{package}/__init__.py" in names, package
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)

@@ -196,7 +196,7 @@ def _classify_count(client) -> float:
 
 
 def test_fast_lane_keeps_bentoml_request_metrics(client, server):
-    # The lane (serving/fastlane.py) skips BentoML's middleware but must still be counted by it.
+    # The lane (serving/platform/fastlane.py) skips BentoML's middleware but must still be counted by it.
     post_image(client, cifar_test_images(1)[0].read_bytes())  # the first request installs the lane
     before = _classify_count(client)
     for p in cifar_test_images(1)[:3]:

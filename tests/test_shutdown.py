@@ -1,5 +1,5 @@
-"""Graceful shutdown's socket steps (serving/shutdown.py) on plain loopback sockets, and the order of events on a
-real `bentoml serve` under SIGTERM."""
+"""Graceful shutdown's socket steps (serving/platform/shutdown.py) on plain loopback sockets, and the order of events
+on a real `bentoml serve` under SIGTERM."""
 from __future__ import annotations
 
 import socket
@@ -10,7 +10,12 @@ import time
 import httpx
 import pytest
 
-from serving.shutdown import accept_queue_length, allow_new_connections, drop_new_connections, wait_for_empty_queue
+from serving.platform.shutdown import (
+    accept_queue_length,
+    allow_new_connections,
+    drop_new_connections,
+    wait_for_empty_queue,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
 
@@ -53,7 +58,7 @@ def test_a_replaced_workers_drain_leaves_a_socket_the_next_worker_can_serve(monk
     import os
     import signal
 
-    from serving import shutdown
+    from serving.platform import shutdown
 
     listener, port = _listener(16)  # the arbiter's
     monkeypatch.setattr(shutdown, "listening_socket", lambda: socket.socket(fileno=os.dup(listener.fileno())))

@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError, build_model, config_of, load_checkpoint
 from .config import MODELS, PLACEMENT_FIELDS, RECIPE_NAMES, RECIPES, ConfigError, TrainConfig
 from .data import LAYOUTS, DataError, load_split
 from .distributed import DistInfo, PeerFailed
-from .engine import evaluate
+from .engine import Inference, evaluate
 from .runtime import cuda_kernels, describe_device, pick_device
 from .train import RunOptions, train
 
@@ -153,8 +153,8 @@ def run_eval_only(path: str, args: argparse.Namespace) -> int:
     mean = torch.tensor(ckpt.normalization.mean, device=device)
     std = torch.tensor(ckpt.normalization.std, device=device)
     with cuda_kernels(device, deterministic=True):  # the same figure on every call
-        result = evaluate(model, test.images.to(device), test.labels, mean=mean, std=std, tta_flip=cfg.tta_flip,
-                          tta_translate=cfg.tta_translate)
+        result = evaluate(model, test.images.to(device), test.labels,
+                          Inference(mean, std, tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate))
     tta = ", flip + translate TTA" if cfg.tta_translate else ", flip TTA" if cfg.tta_flip else ""
     print(f"{path}: test accuracy {100 * result['acc']:.2f}%  loss {result['loss']:.4f}  "
           f"({len(test)} images, {ckpt.arch}, fp32{tta}, {describe_device(device)})")

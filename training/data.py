@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from contract.constants import IMAGE_SIZE
-from contract.images import IMAGE_EXTENSIONS, RESIZE_FILTER, prepare
+from contract.folders import FolderError, list_image_folder
+from contract.images import RESIZE_FILTER, prepare
 
 from .config import ConfigError, TrainConfig
 from .io import atomic_torch_save
@@ -104,18 +105,10 @@ def _load_cifar_batches(folder: Path, split: str) -> Split:
 
 
 def _list_image_folder(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    if not folder.is_dir():
-        raise DataError(f"{folder} is missing; expected {LAYOUTS}")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{folder} has no class folders; expected {LAYOUTS}")
-    samples = []
-    for index, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"class folder {folder / name} has no images; expected {LAYOUTS}")
-        samples.extend((p, index) for p in files)
-    return classes, samples
+    try:
+        return list_image_folder(folder)
+    except FolderError as exc:
+        raise DataError(f"{exc}; expected {LAYOUTS}") from None
 
 
 def _cache_key(folder: Path, samples: list[tuple[Path, int]]) -> str:

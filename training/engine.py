@@ -63,45 +63,57 @@ class Objective:
         return (1 - self.distill_weight) * ce + self.distill_weight * kd
 
 
+@dataclass
+class TrainStep:
+    """What every optimizer step of a run does, the same in every epoch: the model (DDP-wrapped or not), its
+    optimizer and schedule, the batch and its normalization, precision, the objective, and the extras a recipe
+    turns on (a grad scaler for fp16, EMA weights, lookahead). shard=(rank, world_size) under torchrun."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batch_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp: Optional[torch.dtype]
+    generator: torch.Generator  # augmentation draws (and the order, without order_generator)
+    objective: Objective = Objective()
+    scaler: Optional[torch.amp.GradScaler] = None
+    schedule_per_batch: bool = False  # OneCycle steps per batch; the others per epoch
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None
+    lookahead: Optional[Lookahead] = None
+    shard: tuple[int, int] = (0, 1)
+    order_generator: Optional[torch.Generator] = None  # seeded the same on every rank
+
+
 def train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: TrainStep,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    batch_size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    amp: Optional[torch.dtype],
-    generator: torch.Generator,
     aug: Augmentation = Augmentation(),
-    objective: Objective = Objective(),
-    scaler: Optional[torch.amp.GradScaler] = None,
-    step_scheduler_per_batch: bool = False,
-    ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
-    lookahead: Optional[Lookahead] = None,
     lookahead_active: bool = False,
     frozen: Sequence[torch.Tensor] = (),
     on_step: Optional[Callable[[int, int, float, float], None]] = None,
-    shard: tuple[int, int] = (0, 1),
-    order_generator: Optional[torch.Generator] = None,
 ) -> dict[str, float]:
     """One pass over images (uint8 [N, H, W, C], on the training device) in a seeded random order.
 
     Returns the mean training loss, accuracy (on augmented images), sample count, seconds, images/s.
     `frozen` parameters get no update this epoch (their gradients are dropped before the step; DDP-safe,
-    unlike toggling requires_grad). `lookahead` counts every step and averages when `lookahead_active`.
+    unlike toggling requires_grad). step.lookahead counts every step and averages when `lookahead_active`.
     on_step(step, samples_seen, running_loss, running_acc) is called every few steps for progress.
-    With shard=(rank, world_size), world_size > 1, the order comes from order_generator (seeded the
-    same on every rank), this rank trains on its slice of it, and the returned loss, accuracy, samples
+    With step.shard=(rank, world_size), world_size > 1, the order comes from step.order_generator (seeded
+    the same on every rank), this rank trains on its slice of it, and the returned loss, accuracy, samples
     and images/s are those of all ranks together.
     """
+    model, optimizer, scheduler, objective = step.model, step.optimizer, step.scheduler, step.objective
+    scaler, generator, ema, lookahead = step.scaler, step.generator, step.ema, step.lookahead
     model.train()
     device = images.device
     n = images.shape[0]
-    rank, world = shard
-    order = torch.randperm(n, device=device, generator=order_generator if order_generator is not None else generator)
+    rank, world = step.shard
+    order_generator = step.order_generator if step.order_generator is not None else generator
+    order = torch.randperm(n, device=device, generator=order_generator)
     if world > 1:
         # Every rank takes an equal contiguous slice, and the n % world left over are skipped this
         # epoch (different ones each epoch): DDP needs every rank in every step's gradient all-reduce.
@@ -112,12 +124,13 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
-    for step, (lo, hi) in enumerate(batch_slices(order.numel(), batch_size)):
+    for index, (lo, hi) in enumerate(batch_slices(order.numel(), step.batch_size)):
         idx = order[lo:hi]
         mirrored = aug.mirrored[idx] if aug.mirrored is not None else None
-        x = normalize(augment(images[idx], aug.crop_padding, aug.flip, generator, aug.pad_mode, mirrored), mean, std)
+        x = normalize(augment(images[idx], aug.crop_padding, aug.flip, generator, aug.pad_mode, mirrored),
+                      step.mean, step.std)
         y = labels[idx]
-        with autocast(device, amp):
+        with autocast(device, step.amp):
             logits = model(x)
             teacher_logits = objective.teacher_logits(x)
         loss = objective.loss(logits, y, teacher_logits)
@@ -133,7 +146,7 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
-        if step_scheduler_per_batch:
+        if step.schedule_per_batch:
             scheduler.step()
         if ema is not None:
             ema.update_parameters(unwrapped)
@@ -142,9 +155,9 @@ def train_one_epoch(
         loss_sum += loss.detach() * (hi - lo)
         correct += (logits.argmax(1) == y).sum()
         seen += hi - lo
-        if on_step is not None and step % 20 == 0:
-            on_step(step, seen, loss_sum.item() / seen, correct.item() / seen)
-    if not step_scheduler_per_batch:
+        if on_step is not None and index % 20 == 0:
+            on_step(index, seen, loss_sum.item() / seen, correct.item() / seen)
+    if not step.schedule_per_batch:
         scheduler.step()
     if lookahead is not None and lookahead_active:
         lookahead.sync(unwrapped)
@@ -182,27 +195,29 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False, 
     return logits
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a model is evaluated: its input normalization, precision (None: IEEE fp32) and test-time augmentation."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp: Optional[torch.dtype] = None
+    tta_flip: bool = False
+    tta_translate: int = 0
+
+
 @torch.no_grad()
-def predict_logits(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    amp: Optional[torch.dtype] = None,
-    tta_flip: bool = False,
-    tta_translate: int = 0,
-    batch_size: int = 1000,
-) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, how: Inference,
+                   batch_size: int = 1000) -> torch.Tensor:
     """Logits [N, C] (float32) for uint8 images [N, H, W, C], with the test-time augmentation of tta_logits."""
     model.eval()
     device = next(model.parameters()).device
     out = []
-    with full_fp32(device) if amp is None else contextlib.nullcontext():
+    with full_fp32(device) if how.amp is None else contextlib.nullcontext():
         for lo in range(0, images.shape[0], batch_size):
-            x = normalize(images[lo:lo + batch_size].to(device), mean, std)
-            with autocast(device, amp):
-                out.append(tta_logits(model, x, tta_flip, tta_translate))
+            x = normalize(images[lo:lo + batch_size].to(device), how.mean, how.std)
+            with autocast(device, how.amp):
+                out.append(tta_logits(model, x, how.tta_flip, how.tta_translate))
     return torch.cat(out)
 
 
@@ -210,12 +225,7 @@ def evaluate(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    amp: Optional[torch.dtype] = None,
-    tta_flip: bool = False,
-    tta_translate: int = 0,
+    how: Inference,
     num_classes: Optional[int] = None,
     shard: tuple[int, int] = (0, 1),
 ) -> dict:
@@ -229,7 +239,7 @@ def evaluate(
         n = images.shape[0]
         lo, hi = n * rank // world, n * (rank + 1) // world
         images, labels = images[lo:hi], labels[lo:hi]
-    logits = predict_logits(model, images, mean=mean, std=std, amp=amp, tta_flip=tta_flip, tta_translate=tta_translate)
+    logits = predict_logits(model, images, how)
     labels = labels.to(logits.device)
     pred = logits.argmax(1)
     c = num_classes or logits.shape[1]

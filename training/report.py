@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from contract import reports  # noqa: E402
+from contract import confusion as confusion_figure  # noqa: E402
 from contract.atomic import atomic_write  # noqa: E402
 
 from .io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -51,11 +51,11 @@ def plot_curves(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_confusion(out_dir: Path, confusion: torch.Tensor, classes: list[str], title: str) -> None:
-    reports.plot_confusion(out_dir / "confusion_matrix.png", confusion.tolist(), classes, title)
+    confusion_figure.plot_confusion(out_dir / "confusion_matrix.png", confusion.tolist(), classes, title)
 
 
 def per_class_accuracy(confusion: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    return {name: acc or 0.0 for name, acc in reports.per_class_accuracy(confusion.tolist(), classes).items()}
+    return {name: acc or 0.0 for name, acc in confusion_figure.per_class_accuracy(confusion.tolist(), classes).items()}
 
 
 def images_per_second(history: list[dict[str, Any]]) -> float:

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, build_model, load_checkpoint, save_chec
 from .config import ConfigError, TrainConfig
 from .data import Split, prepare_data
 from .distributed import DistInfo, PeerFailed
-from .engine import Augmentation, Objective, batch_slices, evaluate, train_one_epoch
+from .engine import Augmentation, Inference, Objective, TrainStep, batch_slices, evaluate, train_one_epoch
 from .lookahead import Lookahead
 from .optim import build_optimizer
 from .runtime import amp_dtype, cuda_kernels, describe_device, peak_memory, pick_device, precision_name
@@ -305,7 +305,11 @@ def run_epochs(run: Run) -> bool:
     # Alternating flip: a seeded orientation per image, reversed in every other epoch.
     first_flip = (torch.rand(len(run.train_set), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
                   ).to(run.device) if cfg.alternate_flip else None
-    objective = Objective(cfg.label_smoothing, run.teacher, cfg.distill_weight, cfg.distill_temperature)
+    step = TrainStep(run.trained, run.optimizer, run.scheduler, run.batch_size, run.mean, run.std, run.amp,
+                     generator=run.rng.augment, order_generator=run.rng.order,
+                     objective=Objective(cfg.label_smoothing, run.teacher, cfg.distill_weight, cfg.distill_temperature),
+                     scaler=run.scaler, schedule_per_batch=cfg.schedule == "onecycle", ema=run.ema,
+                     lookahead=run.lookahead, shard=run.info.shard)
     show_bars = not run.opts.quiet and run.info.is_main and sys.stderr.isatty()
     run.say(_describe(run))
     if run.opts.resume is None:
@@ -318,12 +322,8 @@ def run_epochs(run: Run) -> bool:
             mirrored = first_flip ^ bool(epoch % 2 == 0) if first_flip is not None else None
             aug = Augmentation(cfg.crop_padding, cfg.pad_mode, cfg.flip, mirrored)
             stats = train_one_epoch(
-                run.trained, run.optimizer, run.scheduler, images, labels, batch_size=run.batch_size,
-                mean=run.mean, std=run.std, amp=run.amp, generator=run.rng.augment, aug=aug,
-                objective=objective, scaler=run.scaler, step_scheduler_per_batch=cfg.schedule == "onecycle",
-                ema=run.ema, lookahead=run.lookahead, lookahead_active=epoch >= cfg.lookahead_start_epoch,
-                frozen=models.frozen_parameters(run.model, epoch, cfg.whiten_bias_epochs), on_step=progress,
-                shard=run.info.shard, order_generator=run.rng.order)
+                step, images, labels, aug=aug, lookahead_active=epoch >= cfg.lookahead_start_epoch,
+                frozen=models.frozen_parameters(run.model, epoch, cfg.whiten_bias_epochs), on_step=progress)
             progress.close()
             val = None
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
@@ -331,8 +331,9 @@ def run_epochs(run: Run) -> bool:
                 # Selecting "best" weights must see what ships (the recipe's TTA); with keep="last" the figure
                 # only draws the curves, and the final test of finish() measures the TTA.
                 tta = cfg.keep == "best"
-                val = evaluate(run.evaluated, val_images, val_labels, mean=run.mean, std=run.std, amp=run.amp,
-                               tta_flip=cfg.tta_flip and tta, tta_translate=cfg.tta_translate if tta else 0,
+                val = evaluate(run.evaluated, val_images, val_labels,
+                               Inference(run.mean, run.std, run.amp, tta_flip=cfg.tta_flip and tta,
+                                         tta_translate=cfg.tta_translate if tta else 0),
                                num_classes=len(run.train_set.classes), shard=run.info.shard)
             _record_epoch(run, epoch, lr, stats, val, time.perf_counter() - epoch_start)
     except KeyboardInterrupt:
@@ -381,9 +382,9 @@ def finish(run: Run) -> int:
         raise CheckpointError("no epoch was trained, so there is no best model to evaluate")
     run.model.load_state_dict(run.best_state)
     classes = run.train_set.classes
-    test = evaluate(run.model, run.test_set.images.to(run.device), run.test_set.labels, mean=run.mean, std=run.std,
-                    tta_flip=run.cfg.tta_flip, tta_translate=run.cfg.tta_translate, num_classes=len(classes),
-                    shard=run.info.shard)
+    test = evaluate(run.model, run.test_set.images.to(run.device), run.test_set.labels,
+                    Inference(run.mean, run.std, tta_flip=run.cfg.tta_flip, tta_translate=run.cfg.tta_translate),
+                    num_classes=len(classes), shard=run.info.shard)
     if not run.info.is_main:
         return 0
     per_class = report.per_class_accuracy(test["confusion"], classes)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 
-from .errors import RequestError
+from ..errors import RequestError
+from . import TESTED_BENTOML, version
 
 log = logging.getLogger("bentoml.cifar10_service")
 
@@ -33,12 +33,10 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 _HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 
 
-# The BentoML releases the lane was written and tested against: [first, last) by (major, minor).
-TESTED_BENTOML = ((1, 4), (1, 5))
 # The layers the lane may skip: each does nothing a /classify caller needs that the lane does not
 # redo. Any other layer in the stack (CORS, access log, a concurrency cap, a user's middleware) means
 # the lane would change behaviour, so it is not installed.
-# SchemaRoutesMiddleware is this service's own (serving/openapi.py): it only answers GET /schema.json.
+# SchemaRoutesMiddleware is this service's own (client_schema.py): it only answers GET /schema.json.
 SKIPPABLE = frozenset({"ServerErrorMiddleware", "RunnerTrafficMetricsMiddleware", "OpenTelemetryMiddleware",
                        "TimeoutMiddleware", "ContextMiddleware", "ExceptionMiddleware", "SchemaRoutesMiddleware"})
 METRICS_LAYER = "RunnerTrafficMetricsMiddleware"
@@ -71,17 +69,13 @@ class Assumption:
     check: Callable[[Any], Optional[str]]
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", text)[:2])
-
-
 def _bentoml_in_tested_range(_: Any) -> Optional[str]:
     try:
         import bentoml
     except ImportError:
         return "bentoml is not importable"
     low, high = TESTED_BENTOML
-    if not low <= _version(bentoml.__version__) < high:
+    if not low <= version(bentoml.__version__) < high:
         return (f"BentoML {bentoml.__version__} is outside the tested releases "
                 f"{'.'.join(map(str, low))} to {'.'.join(map(str, high))} (exclusive)")
     return None

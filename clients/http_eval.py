@@ -7,8 +7,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from contract.images import IMAGE_EXTENSIONS
-from contract.reports import per_class_accuracy, plot_confusion
+from contract.confusion import per_class_accuracy, plot_confusion
+from contract.folders import FolderError, list_image_folder
 
 from .client import Client, ServiceError
 
@@ -17,27 +17,25 @@ class EvalError(Exception):
     """A problem with what the user asked to evaluate (one sentence, exit code 2)."""
 
 
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir()
-                  if d.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir()))
-
-
 def find_samples(root: Path) -> tuple[Path, list[tuple[Path, str]]]:
-    """(split folder, [(image, true class name)]) from <root>/<class>/* or <root>/test/<class>/*."""
+    """(split folder, [(image, true class name)]) from <root>/<class>/* or, for a dataset root, <root>/test/<class>/*
+    (contract/folders.py: every class folder must hold images)."""
     if not root.is_dir():
         raise EvalError(f"{root} is not a folder; --eval takes an ImageFolder split such as "
                         "cifar10/test (one sub-folder of images per class)")
-    dirs = _class_dirs(root)
-    if not dirs and (root / "test").is_dir():
-        root, dirs = root / "test", _class_dirs(root / "test")
-    if not dirs:
-        raise EvalError(f"{root} has no class folders with images; --eval takes an ImageFolder split "
-                        "(<dir>/<class>/*.jpg) or a dataset root with test/<class>/*.jpg")
-    samples = [(f, d.name) for d in dirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
-    return root, samples
+    first = None
+    for folder in (root, root / "test") if (root / "test").is_dir() else (root,):
+        try:
+            classes, samples = list_image_folder(folder)
+        except FolderError as exc:
+            first = first or exc
+            continue
+        return folder, [(path, classes[index]) for path, index in samples]
+    raise EvalError(f"{first}; --eval takes an ImageFolder split (<dir>/<class>/*.jpg) or a dataset root with "
+                    "test/<class>/*.jpg")
 
 
-def evaluate(client: Client, samples: list[tuple[Path, str]], classes: list[str], concurrency: int = 8,
+def evaluate_over_http(client: Client, samples: list[tuple[Path, str]], classes: list[str], concurrency: int = 8,
              on_done: Optional[Callable[[], None]] = None) -> dict[str, Any]:
     """Classify every sample concurrently; a file the service refuses is a failure, not an abort."""
     unknown = sorted({c for _, c in samples} - set(classes))

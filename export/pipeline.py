@@ -1,0 +1,399 @@
+"""The export, step by step: checkpoint -> calibrated graphs (model.ts, model.onnx, model.int8.onnx, explain.ts,
+explain.onnx), checked against the checkpoint on real test images, then published as one folder.
+
+    inputs = load(options)          the checkpoint, its classifier, the test split (each split read once)
+    calibration = calibrate(...)    the temperature the graphs carry (export/calibration.py says on which images)
+    write_graphs(...)               into a staging folder beside the output folder
+    check_parity(...)               eager vs TorchScript vs ONNX Runtime
+    check_explanation(...)          explain.onnx against torch autograd
+    check_int8(...)                 quantize and measure against fp32
+    publish(staging, out)           the staging folder takes the output folder's place in one rename
+
+Every check runs before anything in the output folder changes; a failed one leaves it as it was.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from contract.provenance import git_commit, sha256_file
+from contract.schemas import Checkpoint, ModelMetadata
+from training.checkpoint import load_checkpoint
+from training.data import Split, holdout, load_split
+
+from .calibration import Calibration, calibrate_on, reliability_plot
+from .calibration import calibrate as calibrate_halves
+from .explain import LAYERS, METHODS, ExplainWrapper, activation_of, at_kink, autograd_cam, cam_for
+from .graphs import export_onnx, export_torchscript, load_torchscript
+from .metadata import build_metadata
+from .parity import compare, explain_report, failures, onnx_runner, run_explain, torch_runner
+from .quantize import count_ops, quantize
+from .wrapper import classifier_from_checkpoint
+
+ARTIFACTS = ("model.ts", "model.onnx", "model.int8.onnx", "explain.ts", "explain.onnx", "metadata.json",
+             "export_report.json", "reliability.png")
+Say = Callable[..., None]
+
+
+class ExportError(Exception):
+    """A user-caused problem (bad path, bad checkpoint, unwritable folder): one sentence, exit 2."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The command line's choices (export/cli.py), checked there."""
+
+    checkpoint: str
+    out: str = "artifacts"
+    data: Optional[str] = None
+    parity_images: int = 2000
+    tolerance: float = 1e-4
+    opset: int = 18
+    calibration: bool = True
+    calibration_images: Optional[int] = None
+    int8: bool = True
+    int8_max_drop: float = 0.5
+    int8_calibration_images: int = 1000
+    bentoml: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Inputs:
+    """What every step reads: the checkpoint and its classifier, the dataset's splits (each loaded once)."""
+
+    checkpoint: Path
+    ckpt: Checkpoint
+    wrapper: torch.nn.Module  # export.wrapper.ImageClassifier: uint8 [N, H, W, 3] -> (logits, probabilities)
+    data: str
+    test: Split
+
+    @cached_property
+    def train(self) -> Split:
+        return load_split(self.data, "train")
+
+
+def load(options: ExportOptions) -> Inputs:
+    checkpoint = Path(options.checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    data = options.data or os.environ.get("CIFAR10_DATA") or ckpt.config["data"]
+    wrapper = classifier_from_checkpoint(ckpt, checkpoint)
+    test = load_split(data, "test")
+    if test.classes != list(ckpt.classes):
+        raise ExportError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt.classes}")
+    return Inputs(checkpoint, ckpt, wrapper, data, test)
+
+
+def seeded_pick(n: int, count: int, seed: int) -> torch.Tensor:
+    """`count` of n indices, a seeded draw, in ascending order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
+def eager_logits(wrapper: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([wrapper(images[i:i + batch])[0] for i in range(0, len(images), batch)])
+
+
+@dataclass
+class CalibrationImages:
+    """The test images the calibration and int8 figures use, and the classifier's logits on them (before T)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+
+
+def calibration_images(inputs: Inputs, count: Optional[int]) -> CalibrationImages:
+    test = inputs.test
+    chosen = seeded_pick(len(test), min(count or len(test), len(test)), seed=1)
+    images, labels = test.images[chosen], test.labels[chosen]
+    return CalibrationImages(images, labels, eager_logits(inputs.wrapper, images))
+
+
+def calibrate(inputs: Inputs, cal: CalibrationImages) -> Calibration:
+    """Temperature scaling on the run's --val-split hold-out when it has one (all test images report), else on
+    a seeded half of the test images (the other half reports). See export/calibration.py."""
+    ckpt = inputs.ckpt
+    held_out = int(ckpt.config.get("val_split") or 0)
+    if not held_out:
+        return calibrate_halves(cal.logits, cal.labels)
+    train = inputs.train
+    ran = ckpt.provenance.get("dataset") or {}
+    if not ckpt.config.get("limit_train") and {"train_images", "val_images"} <= ran.keys():
+        # The hold-out is a seeded draw over the whole training split: another copy of the data would give
+        # other images, some of which the run trained on.
+        if len(train) != ran["train_images"] + ran["val_images"]:
+            raise ExportError(f"the training split of {inputs.data} has {len(train)} images, the run's had "
+                              f"{ran['train_images'] + ran['val_images']}: its --val-split hold-out cannot be "
+                              "rebuilt from it; give --data the dataset the run trained on")
+    val = holdout(train, int(ckpt.config["seed"]), held_out)
+    return calibrate_on(eager_logits(inputs.wrapper, val.images), val.labels, cal.logits, cal.labels,
+                        torch.arange(len(cal.labels)), "held-out training images",
+                        f"the {held_out} training images the run held out (--val-split {held_out}, seed "
+                        f"{ckpt.config['seed']}) fit T; the test images report")
+
+
+def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opset: int, meta: ModelMetadata) -> None:
+    wrapper, arch = inputs.wrapper, inputs.ckpt.arch
+    example = torch.zeros(2, wrapper.image_size, wrapper.image_size, 3, dtype=torch.uint8)
+    export_torchscript(wrapper, staging / "model.ts", meta)
+    export_onnx(wrapper, staging / "model.onnx", opset, meta, {"image": example},
+                ["logits", "probabilities"], f"{meta.model_name}: uint8 [N,32,32,3] RGB -> logits, probabilities")
+    export_torchscript(explainer, staging / "explain.ts", meta)
+    export_onnx(explainer, staging / "explain.onnx", opset, meta,
+                {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)}, ["heatmap", "probabilities"],
+                f"{meta.model_name} {METHODS[arch]}: uint8 [N,32,32,3] RGB, target int64 [N] "
+                "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities")
+
+
+def check_parity(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, tolerance: float,
+                 say: Say) -> tuple[dict, list[str]]:
+    """(report, failures) of eager vs TorchScript vs ONNX Runtime on the parity images."""
+    runners = {
+        "eager": torch_runner(inputs.wrapper),
+        "torchscript": torch_runner(load_torchscript(staging / "model.ts")),
+        "onnxruntime": onnx_runner(str(staging / "model.onnx")),
+    }
+    report = compare(images, labels, runners)
+    report.update({"tolerance": tolerance, "data": str(inputs.data), "checkpoint": str(inputs.checkpoint)})
+    for name, entry in report["artifacts"].items():
+        line = f"  {name:<12} accuracy {100 * entry['accuracy']:6.2f}%"
+        if "max_abs_logit_diff" in entry:
+            line += (f"  max|Δlogit| {entry['max_abs_logit_diff']:.2e}  max|Δprob| {entry['max_abs_prob_diff']:.2e}"
+                     f"  top-1 agreement {100 * entry['top1_agreement']:.2f}%")
+        say(line)
+    return report, failures(report, tolerance)
+
+
+def check_explanation(inputs: Inputs, staging: Path, images: np.ndarray, tolerance: float,
+                      say: Say) -> tuple[dict, list[str], list[int]]:
+    """explain.onnx (as the CPU image serves it) against the torch autograd reference: (report entry, failures,
+    the explained activation's grid [h, w])."""
+    arch, wrapper = inputs.ckpt.arch, inputs.wrapper
+    classifier_probs = onnx_runner(str(staging / "model.onnx"))(images)[1]
+    targets = classifier_probs.argmax(1)
+    heat, probs = run_explain(str(staging / "explain.onnx"), images)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() * wrapper.scale - wrapper.shift  # [N, 3, H, W]
+    with torch.no_grad():
+        explained = activation_of(arch, wrapper.model, x)  # [N, K, h, w]: the layer the heatmap comes from
+    reference = autograd_cam(arch, wrapper.model, x, torch.from_numpy(targets), wrapper.image_size, explained).numpy()
+    kinks = at_kink(arch, wrapper.model, explained).numpy()
+    entry = explain_report(heat, reference, probs, classifier_probs, LAYERS[arch], METHODS[arch], kinks)
+    say(f"  explain.onnx max|Δheatmap| {entry['max_abs_heatmap_diff']:.2e} against autograd "
+        f"{METHODS[arch]} ({len(images) - int(kinks.sum())} images, {LAYERS[arch].split(' ')[0]}; "
+        f"{int(kinks.sum())} at a ReLU kink left out: {entry['max_abs_heatmap_diff_all']:.2e} with them)")
+    bad = []
+    # `not x <= tol`, so that a NaN difference fails too.
+    if not entry["max_abs_heatmap_diff"] <= tolerance:
+        bad.append(f"explain.onnx: max |Δheatmap| {entry['max_abs_heatmap_diff']:.2e} > {tolerance:.0e}")
+    if not entry["max_abs_prob_diff"] <= tolerance:
+        bad.append(f"explain.onnx: probabilities differ from model.onnx by {entry['max_abs_prob_diff']:.2e}")
+    return entry, bad, list(explained.shape[2:])
+
+
+def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, cal: CalibrationImages,
+               calibration_images: int, say: Say) -> dict:
+    """Quantize model.onnx and measure it: on the parity images and on the calibration test images (all of them
+    unless --calibration-images says fewer), against fp32."""
+    train = inputs.train
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration_images]
+    record = quantize(staging / "model.onnx", staging / "model.int8.onnx", train.images[pick].numpy())
+    int8 = onnx_runner(str(staging / "model.int8.onnx"))
+    test_images = cal.images.numpy()
+    int8_logits, int8_probs = (np.concatenate(parts) for parts in zip(
+        *(int8(test_images[i:i + 500]) for i in range(0, len(test_images), 500)), strict=True))
+    fp32_probs = torch.softmax(cal.logits / inputs.wrapper.temperature, dim=1).numpy()
+    truth = cal.labels.numpy()
+    fp32_acc = float((fp32_probs.argmax(1) == truth).mean())
+    int8_acc = float((int8_logits.argmax(1) == truth).mean())
+    parity_logits = int8(images)[0]
+    record.update({
+        "parity_images": int(len(images)), "parity_accuracy": float((parity_logits.argmax(1) == labels).mean()),
+        "test_images": int(len(truth)), "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc,
+        "drop_points": round(100 * (fp32_acc - int8_acc), 4),
+        "top1_agreement": float((int8_logits.argmax(1) == fp32_probs.argmax(1)).mean()),
+        "max_abs_prob_diff": float(np.abs(int8_probs - fp32_probs).max()),
+        "ops": count_ops(staging / "model.int8.onnx"),
+    })
+    say(f"  int8         accuracy {100 * int8_acc:6.2f}% on the {len(truth)} test images (fp32 {100 * fp32_acc:.2f}%, "
+        f"top-1 agreement {100 * record['top1_agreement']:.2f}%, max|Δprob| {record['max_abs_prob_diff']:.2e})")
+    return record
+
+
+@dataclass
+class Result:
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    meta: Optional[ModelMetadata] = None
+    parity_images: int = 0
+
+
+def run(options: ExportOptions, say: Say = print) -> Result:
+    """The whole export; the output folder changes only when every check passed."""
+    out = Path(options.out)
+    inputs = load(options)
+    check_writable(out)
+    ckpt, wrapper = inputs.ckpt, inputs.wrapper
+    n = min(options.parity_images, len(inputs.test))
+    pick = seeded_pick(len(inputs.test), n, seed=0)
+    images, labels = inputs.test.images[pick].numpy(), inputs.test.labels[pick].numpy()
+
+    import onnx
+    import onnxruntime
+
+    versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    meta = build_metadata(ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit())
+
+    # Calibration first: the graphs carry the temperature.
+    cal = calibration_images(inputs, options.calibration_images) if options.calibration or options.int8 else None
+    calibration = None
+    if options.calibration:
+        calibration = calibrate(inputs, cal)
+        wrapper.temperature.fill_(calibration.temperature)
+        # Before the graphs are written, so that their own metadata (ONNX metadata_props, model.ts's extra file)
+        # carries the temperature baked into them.
+        meta.calibration = calibration.record
+        record = calibration.record
+        say(f"  calibration  T = {record['temperature']:.4f}: ECE {100 * record['before']['ece']:.2f}% -> "
+            f"{100 * record['after']['ece']:.2f}%, NLL {record['before']['nll']:.4f} -> {record['after']['nll']:.4f} "
+            f"(fit on {record['fit_images']} {record['fit_source']}, "
+            f"reported on {record['report_images']} test images)")
+    explainer = ExplainWrapper(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        write_graphs(inputs, explainer, staging, options.opset, meta)
+        report, bad = check_parity(inputs, staging, images, labels, options.tolerance, say)
+        report["explanation"], explain_bad, grid = check_explanation(inputs, staging, images, options.tolerance, say)
+        bad += explain_bad
+        if options.int8 and not bad:
+            report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images, say)
+            if not report["int8"]["drop_points"] <= options.int8_max_drop:
+                bad.append(f"model.int8.onnx: accuracy {100 * report['int8']['test_accuracy']:.2f}% on the test split "
+                           f"is {report['int8']['drop_points']:.2f} points below fp32 "
+                           f"({100 * report['int8']['fp32_test_accuracy']:.2f}%), more than --int8-max-drop "
+                           f"{options.int8_max_drop:g}")
+            meta.int8 = report["int8"]
+        report["passed"] = not bad
+        if bad:
+            return Result(False, bad)
+        if calibration is not None:
+            held = calibration.held
+            reliability_plot(staging / "reliability.png", cal.logits[held], cal.labels[held],
+                             calibration.temperature, f"{meta.model_name}, {len(held)} test images "
+                             f"(T fit on {calibration.record['fit_images']} {calibration.record['fit_source']})")
+            report["calibration"] = calibration.record
+        # The explained activation's grid, which the heatmap is upsampled from.
+        meta.explanation = {"method": METHODS[ckpt.arch], "layer": LAYERS[ckpt.arch], "grid": grid,
+                            "onnx": "explain.onnx", "torchscript": "explain.ts",
+                            "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
+        (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]
+        meta.files = {name: sha256_file(staging / name) for name in written if name != "metadata.json"}
+        meta.write(staging / "metadata.json")
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Result(True, [], written, meta, n)
+
+
+def check_writable(out: Path) -> None:
+    """The output folder can be created, and its parent takes the staging folder and the swap."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for folder in (out, out.parent):
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+                pass
+    except OSError as exc:
+        raise ExportError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
+        return False  # no such call, or a filesystem that cannot exchange
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _swappable(out: Path) -> bool:
+    """Whether `out` can be replaced as a whole: it holds files only (a folder inside it, or a folder that is
+    this process's working directory or above it, would be taken along by the swap)."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        cwd = None
+    target = out.resolve()
+    if cwd is not None and (cwd == target or target in cwd.parents):
+        return False
+    return all(not p.is_dir() or p.name.startswith(f".{out.name}.export-") for p in out.iterdir())
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Make the staging folder the output folder. A reader sees the earlier export or this one, never a mix:
+    the folder is swapped in one rename, after the files that are not an export's (notes.txt, say) are linked
+    into it. Where a swap cannot be done (a mount point, a folder with folders inside) the files are replaced one
+    by one, metadata.json last, and an earlier export's files this one did not write are removed before it."""
+    if out.is_dir() and _swappable(out):
+        for p in out.iterdir():
+            if p.name not in ARTIFACTS and not (staging / p.name).exists():
+                try:
+                    os.link(p, staging / p.name)
+                except OSError:
+                    shutil.copy2(p, staging / p.name)
+        try:
+            if _exchange(staging, out):
+                return  # `staging` now names the earlier export, which the caller removes
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+            os.rename(out, old / "old")
+            os.rename(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
+                raise
+    written = [p.name for p in staging.iterdir() if p.name in ARTIFACTS]
+    for name in written:
+        if name != "metadata.json":
+            os.replace(staging / name, out / name)
+    for name in set(ARTIFACTS) - set(written):
+        (out / name).unlink(missing_ok=True)
+    os.replace(staging / "metadata.json", out / "metadata.json")
+
+
+def save_to_bentoml(out: Path, meta: ModelMetadata, files: list[str]) -> str:
+    try:
+        import bentoml
+    except ImportError:
+        raise ExportError("--bentoml needs the bentoml package (pip install 'cifar10-service[serve]')") from None
+    with bentoml.models.create(
+        meta.model_name,
+        labels={"framework": "onnx+torchscript", "dataset": "cifar10", "architecture": meta.architecture},
+        metadata={"accuracy": meta.metrics["test_acc"], "classes": meta.classes, "input": meta.input,
+                  "tta_flip": meta.tta_flip, "source_sha256": meta.source_checkpoint["sha256"]},
+    ) as model_ref:
+        for name in files:
+            shutil.copy2(out / name, Path(model_ref.path) / name)
+    return str(model_ref.tag)
