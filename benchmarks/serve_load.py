@@ -14,6 +14,7 @@ port, one at a time, and is stopped (by its process group) after its rows. Rows:
   accesslog   CIFAR10_ACCESS_LOG=on
   workers2    CIFAR10_WORKERS=2
   int8        CIFAR10_RUNTIME=onnx-int8 (model.int8.onnx)
+  apikeys     CIFAR10_API_KEYS set (three keys), every request with `Authorization: Bearer <the last one>`
   peer        benchmarks/serve_peer.py (Starlette + uvicorn + onnxruntime, one process, same model file)
 Latency percentiles come from hey's per-request CSV; requests/s is requests completed / duration.
 """
@@ -52,6 +53,9 @@ ROWS = {
     "accesslog": ("service, access log on", {"CIFAR10_ACCESS_LOG": "on"}, "multipart", "/classify"),
     "workers2": ("service, 2 workers", {"CIFAR10_WORKERS": "2"}, "multipart", "/classify"),
     "int8": ("service, onnx-int8 runtime", {"CIFAR10_RUNTIME": "onnx-int8"}, "multipart", "/classify"),
+    # Three keys, the request sends the last: every accepted key is compared (serving/auth.py).
+    "apikeys": ("service, API keys on", {"CIFAR10_API_KEYS": "bench-key-1,bench-key-2,bench-key-3"}, "multipart",
+                "/classify"),
     "peer": ("peer (starlette+uvicorn+ort)", None, "multipart", "/classify"),
 }
 
@@ -71,9 +75,10 @@ def bodies(image: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
             "raw": (raw, "image/jpeg"), "json": (js, "application/json")}
 
 
-def hey(url: str, body: tuple[Path, str], concurrency: int, duration: float) -> dict:
+def hey(url: str, body: tuple[Path, str], concurrency: int, duration: float, headers: tuple[str, ...] = ()) -> dict:
     out = subprocess.run(["hey", "-z", f"{duration}s", "-c", str(concurrency), "-m", "POST", "-D", str(body[0]),
-                          "-T", body[1], "-o", "csv", url], capture_output=True, text=True, timeout=duration + 60)
+                          "-T", body[1], *(a for h in headers for a in ("-H", h)), "-o", "csv", url],
+                         capture_output=True, text=True, timeout=duration + 60)
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     lat = np.array([float(r["response-time"]) for r in rows]) * 1000
     ok = sum(r["status-code"] == "200" for r in rows)
@@ -84,9 +89,11 @@ def hey(url: str, body: tuple[Path, str], concurrency: int, duration: float) -> 
 
 def measure(key: str, url: str, body: dict, concurrency: list[int], duration: float) -> dict[int, dict]:
     kind, path = ROWS[key][2], ROWS[key][3]
-    hey(url + path, body[kind], 8, 1.0)  # warm-up
+    keys = (ROWS[key][1] or {}).get("CIFAR10_API_KEYS")
+    headers = (f"Authorization: Bearer {keys.split(',')[-1]}",) if keys else ()
+    hey(url + path, body[kind], 8, 1.0, headers)  # warm-up
     if key != "explainmix":
-        return {c: hey(url + path, body[kind], c, duration) for c in concurrency}
+        return {c: hey(url + path, body[kind], c, duration, headers) for c in concurrency}
     results = {}
     for c in concurrency:  # two clients asking for explanations the whole time, beside the measured ones
         side = subprocess.Popen(["hey", "-z", f"{duration + 1}s", "-c", "2", "-m", "POST", "-D",

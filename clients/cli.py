@@ -26,6 +26,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILE", help="images to classify")
     p.add_argument("--url", default=os.environ.get("CIFAR10_URL", DEFAULT_URL),
                    help=f"the service (default $CIFAR10_URL or {DEFAULT_URL})")
+    p.add_argument("--api-key", default=None, help="the service's API key, when it sets CIFAR10_API_KEYS "
+                   "(default: $CIFAR10_API_KEY; the variable keeps the key out of the process list)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
@@ -120,7 +122,9 @@ def run_eval(client: Client, args: argparse.Namespace) -> int:
         print(f"\naccuracy through the service: {100 * result['accuracy']:.2f}% of {result['n']} images "
               f"({result['failed']} failed); model {info.get('tag')}"
               + (f", its own test accuracy at training time {100 * offline:.2f}%" if offline is not None else ""))
-        print("wrote " + ", ".join(map(str, written)))
+        print("wrote " + ", ".join(map(str, written))
+              + ("" if len(written) > 1 else " (confusion_matrix.png needs matplotlib: pip install "
+                 "'cifar10-service[eval]')"))
     return 1 if result["failed"] else 0
 
 
@@ -135,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         raise EvalError("--target chooses the class --explain explains; give --explain OUT_DIR too")
     if args.concurrency < 1 or args.timeout <= 0:
         raise EvalError("--concurrency must be at least 1 and --timeout positive")
-    with Client(args.url, timeout=args.timeout) as client:
+    with Client(args.url, timeout=args.timeout, api_key=args.api_key) as client:
         if args.eval is not None:
             return run_eval(client, args)
         return classify_files(client, args.files, args.top_k, args.json, args.concurrency, args.explain, args.target)

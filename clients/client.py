@@ -117,12 +117,17 @@ class Client:
 
     Retries (with backoff) only what is safe to repeat: connections that were never made and 503
     answers (the service still loading or shedding load). Everything else raises at once.
+    api_key: sent as `Authorization: Bearer <key>` to a service that sets CIFAR10_API_KEYS (default:
+    $CIFAR10_API_KEY, if set).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5):
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                 api_key: str | None = None):
         self.url = url.rstrip("/")
         self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        key = api_key if api_key is not None else os.environ.get("CIFAR10_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> "Client":
         return self

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 
 from . import handlers
+from .auth import ApiKeys
 from .errors import RequestError
 from .platform import fastlane
 
@@ -32,6 +33,8 @@ ENDPOINTS: dict[str, tuple[Handler, tuple[str, ...]]] = {
 }
 # Taken by the fast lane (serving/platform/fastlane.py), POST only.
 HOT_PATHS = ("/classify", "/classify_batch")
+# What CIFAR10_API_KEYS guards; the pages, /docs.json and BentoML's probes and /metrics stay open.
+MODEL_PATHS = frozenset({"/classify", "/classify_batch", "/explain", "/model_info"})
 
 
 class MountedApp(Starlette):
@@ -44,12 +47,13 @@ class MountedApp(Starlette):
     """
 
     def __init__(self, fast_lane: bool, timeout: float,
-                 endpoints: dict[str, tuple[Handler, tuple[str, ...]]] = ENDPOINTS):
+                 endpoints: dict[str, tuple[Handler, tuple[str, ...]]] = ENDPOINTS, api_keys: Optional[ApiKeys] = None):
         self.service: Optional[Any] = None
-        super().__init__(routes=[Route(path, self._guard(handler), methods=list(methods))
+        self.api_keys = api_keys
+        super().__init__(routes=[Route(path, self._guard(handler, path in MODEL_PATHS), methods=list(methods))
                                  for path, (handler, methods) in endpoints.items()])
         # The same handlers as plain ASGI apps, for the fast lane.
-        self.hot_routes = {path: request_response(self._guard(endpoints[path][0]))
+        self.hot_routes = {path: request_response(self._guard(endpoints[path][0], path in MODEL_PATHS))
                            for path in HOT_PATHS if path in endpoints}
         self.fast_lane, self.timeout, self.installed = fast_lane, timeout, False
 
@@ -57,10 +61,13 @@ class MountedApp(Starlette):
         """The service instance the handlers answer with (set once its model is loaded and warm)."""
         self.service = service
 
-    def _guard(self, handler: Handler):
-        """Every refusal as {"error", "code"}; anything unexpected as a logged 500 with the same shape."""
+    def _guard(self, handler: Handler, model_path: bool):
+        """Every refusal as {"error", "code"}; anything unexpected as a logged 500 with the same shape. With API
+        keys, a model path answers 401 `unauthorized` before its body is read."""
         async def endpoint(request: Request) -> Response:
             try:
+                if model_path and self.api_keys is not None:
+                    self.api_keys.check(request.headers.get("authorization"))
                 return await handler(self.service, request)
             except RequestError as exc:
                 return exc.response()

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from contract.constants import DEFAULT_MAX_PIXELS
 from contract.cpus import worker_cpus
 
 RUNTIMES = ("onnx", "onnx-int8", "torchscript")
+TIMEOUT_S = 30  # the longest a request may take (answered 504 `timeout`); Kubernetes' grace period covers it
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -59,6 +61,27 @@ def _bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be on or off, got {raw!r}")
 
 
+def _api_keys(name: str) -> tuple[str, ...]:
+    """The accepted API keys: a comma-separated list, or the path of a file with one key per line (a mounted
+    Kubernetes Secret, say). Unset: none, the service is open. Set but holding no key: a start-up error."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return ()
+    text = raw.strip()
+    where = f"{name}={raw!r}"
+    if text.startswith(("/", "./", "~")) or (text and Path(text).is_file()):
+        path = Path(text).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{name} names the file {path}, which cannot be read ({exc})") from None
+        where = f"the file {path} ({name})"
+    keys = tuple(k.strip() for k in text.replace("\n", ",").split(",") if k.strip())
+    if not keys:
+        raise SettingsError(f"{where} holds no key; set one or more keys, or unset it to leave the service open")
+    return keys
+
+
 @dataclass(frozen=True)
 class Settings:
     model_tag: str
@@ -75,6 +98,7 @@ class Settings:
     fast_lane: bool
     shutdown_delay: float
     graceful_shutdown: bool
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
 
     @property
     def use_fast_lane(self) -> bool:
@@ -106,4 +130,6 @@ class Settings:
             shutdown_delay=_seconds("CIFAR10_SHUTDOWN_DELAY", 2.0),
             # off: BentoML's and uvicorn's own shutdown, which loses queued connections (benchmarks/shutdown.py).
             graceful_shutdown=_bool("CIFAR10_GRACEFUL_SHUTDOWN", True),
+            # Set: every model endpoint wants `Authorization: Bearer <key>` (serving/auth.py).
+            api_keys=_api_keys("CIFAR10_API_KEYS"),
         )

@@ -5,6 +5,8 @@ must be here, with its HTTP status and what it means for a client.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from starlette.responses import JSONResponse
 
 CODES: dict[str, tuple[int, str]] = {
@@ -24,17 +26,19 @@ CODES: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "the body is over CIFAR10_MAX_UPLOAD_MB (4x for a batch)"),
     "image_too_large": (413, "the image has more pixels than CIFAR10_MAX_PIXELS (read from its header)"),
     "unsupported_media_type": (415, "the body is neither multipart/form-data, JSON, nor a raw image"),
+    "unauthorized": (401, "CIFAR10_API_KEYS is set and the request has no 'Authorization: Bearer <key>' with an "
+                     "accepted key"),
     "timeout": (504, "the request took longer than the service's 30 s timeout"),
     "internal_error": (500, "the service failed on this request (a bug; see its log)"),
 }
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None):
         super().__init__(message)
         if code not in CODES:  # every code is documented: serving/openapi.py lists CODES
             raise ValueError(f"undocumented error code {code!r}")
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message, "code": self.code}, status_code=self.status)
+        return JSONResponse({"error": self.message, "code": self.code}, status_code=self.status, headers=self.headers)

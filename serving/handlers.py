@@ -58,7 +58,8 @@ def info(svc) -> dict[str, Any]:
         "git_commit": m.git_commit, "exported_at": m.exported_at,
         "serving": {"batching": s.batching, "max_batch": svc.max_batch, "threads": s.threads,
                     "workers": s.workers, "max_upload_bytes": s.max_upload_bytes,
-                    "fast_lane": s.use_fast_lane, "shutdown_delay_s": s.shutdown_delay},
+                    "fast_lane": s.use_fast_lane, "shutdown_delay_s": s.shutdown_delay,
+                    "api_keys": bool(s.api_keys)},
     }
 
 

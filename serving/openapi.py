@@ -72,7 +72,8 @@ def _json(ref: str) -> dict[str, Any]:
 
 IMAGE_ERRORS = ("not_an_image", "corrupt_image", "empty_file", "missing_field", "not_a_file", "invalid_top_k",
                 "malformed_multipart", "malformed_json", "invalid_base64", "unknown_field", "client_disconnected",
-                "payload_too_large", "image_too_large", "unsupported_media_type", "timeout", "internal_error")
+                "payload_too_large", "image_too_large", "unsupported_media_type", "unauthorized", "timeout",
+                "internal_error")
 CLIENT_IMAGE = {"type": "file", "format": "image"}
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -146,7 +147,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/model_info", ("get", "post"), "The served model",
         "Classes in index order, input spec, normalization and test-time augmentation, metrics at export, "
         "provenance (checkpoint sha256, git commit) and the serving settings.",
-        responses={"200": _json("ModelInfo")}, errors=("internal_error",),
+        responses={"200": _json("ModelInfo")}, errors=("unauthorized", "internal_error"),
         client={"name": "model_info", "input": {"type": "object", "properties": {}}, "output": {"type": "object"}},
     ),
     Endpoint("/ui", ("get",), "Web page: drop images, see the top classes",
@@ -190,6 +191,8 @@ def _operation(ep: Endpoint, method: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"},
                                              "example": {"error": CODES[codes[0]][1], "code": codes[0]}}}}
     op["responses"] = responses
+    if "unauthorized" in ep.errors:  # only when the deployment sets CIFAR10_API_KEYS ({}: no key is fine too)
+        op["security"] = [{}, {"apiKey": []}]
     return op
 
 
@@ -208,7 +211,9 @@ def document(model: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         "tags": [{"name": "model", "description": "classification"}, {"name": "pages", "description": "pages"},
                  {"name": "health", "description": "probes and metrics"}],
         "paths": {},
-        "components": {"schemas": copy.deepcopy(SCHEMAS)},
+        "components": {"schemas": copy.deepcopy(SCHEMAS), "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "needed only where the deployment sets CIFAR10_API_KEYS: 'Authorization: Bearer <key>'"}}},
     }
     for ep in ENDPOINTS:
         doc["paths"][ep.path] = {m: _operation(ep, m) for m in ep.methods}

@@ -2,7 +2,7 @@
 
 Configuration is by environment (see README "Serving"): CIFAR10_RUNTIME, CIFAR10_DEVICE,
 CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH, CIFAR10_MAX_UPLOAD_MB,
-CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL.
+CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL, CIFAR10_API_KEYS.
 """
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from contract.constants import MAX_BATCH_IMAGES
 from contract.schemas import ModelMetadata
 
 from .app import MountedApp
-from .config import Settings
+from .auth import ApiKeys
+from .config import TIMEOUT_S, Settings
 from .openapi import client_routes
 from .platform.client_schema import SchemaRoutesMiddleware
 
 log = logging.getLogger("bentoml.cifar10_service")
 SETTINGS = Settings.from_env()
-TIMEOUT_S = 30
 DEFAULT_MAX_BATCH = 16
 # The endpoints (serving/app.py, serving/handlers.py); this instance answers them once bound in __init__.
-APP = MountedApp(SETTINGS.use_fast_lane, TIMEOUT_S)
+APP = MountedApp(SETTINGS.use_fast_lane, TIMEOUT_S, api_keys=ApiKeys(SETTINGS.api_keys) if SETTINGS.api_keys else None)
 
 
 @bentoml.asgi_app(APP, path="/")

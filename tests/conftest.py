@@ -134,6 +134,16 @@ def bento_home(tmp_path_factory, brief_checkpoint) -> Path:
     return home
 
 
+def own_home(bento_home: Path, folder: Path) -> Path:
+    """A BENTOML_HOME with bento_home's models but a Prometheus folder of its own: a starting server empties
+    <home>/prometheus_multiproc_dir, which would reset the metrics of a server already running on that home."""
+    home = folder / "bentoml-home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(bento_home / "models", target_is_directory=True)
+    return home
+
+
 def Server(target: str, home: Path, extra_env: dict | None = None, cwd: Path = ROOT,
            fail_on: str | None = None) -> LocalService:
     """A real `bentoml serve` subprocess on a free loopback port, using home as BENTOML_HOME; .stop() ends

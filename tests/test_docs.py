@@ -25,6 +25,7 @@ COMMANDS = {
     ("cifar10-classify",): [str(BIN / "cifar10-classify")],
     ("python", "-m", "clients"): [sys.executable, "-m", "clients"],
     ("scripts/container_smoke.sh",): ["bash", "scripts/container_smoke.sh"],
+    ("scripts/kube_smoke.sh",): ["bash", "scripts/kube_smoke.sh"],
 }
 for script in sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
     if script.name not in ("serve_peer.py", "native_service.py", "local_service.py", "common.py"):  # not commands

@@ -112,3 +112,27 @@ def test_why_toggle_shows_the_overlay_for_the_top_class_and_a_clicked_one(browse
     assert browser.save_screenshot(str(ARTIFACTS / "ui-why.png"))
     card.find_element(By.CSS_SELECTOR, ".why button").click()  # hide
     WebDriverWait(browser, 10).until(lambda d: not card.find_elements(By.CSS_SELECTOR, ".why img.overlay"))
+
+
+def test_the_page_asks_for_an_api_key_and_uses_it(browser, bento_home, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import Server, own_home
+
+    srv = Server("serving.service:CIFAR10Classifier", own_home(bento_home, tmp_path),
+                 {"CIFAR10_API_KEYS": "ui-test-key"})
+    try:
+        browser.get(f"{srv.url}/ui")
+        form = browser.find_element(By.ID, "auth")
+        WebDriverWait(browser, 30).until(lambda d: form.is_displayed())  # /model_info said 401
+        browser.find_element(By.ID, "apikey").send_keys("ui-test-key")
+        form.find_element(By.TAG_NAME, "button").click()
+        WebDriverWait(browser, 30).until(lambda d: "cifar10-simplecnn" in d.find_element(By.ID, "model").text)
+        assert not form.is_displayed()
+        browser.find_element(By.ID, "files").send_keys(str(cifar_test_images(1)[8].resolve()))
+        card = _wait_for_results(browser, 1)[0]
+        assert card.find_elements(By.CSS_SELECTOR, ".bar") and not card.find_elements(By.CSS_SELECTOR, ".error")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#topk option")) == 10  # not listed twice
+    finally:
+        srv.stop()
