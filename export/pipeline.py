@@ -7,7 +7,7 @@ explain.onnx), checked against the checkpoint on real test images, then publishe
     check_parity(...)               eager vs TorchScript vs ONNX Runtime
     check_explanation(...)          explain.onnx against torch autograd
     check_int8(...)                 quantize and measure against fp32
-    publish(staging, out)           the staging folder takes the output folder's place in one rename
+    publish(staging, out, swap)     the staging folder takes the output folder's place in one rename
 
 Every check runs before anything in the output folder changes; a failed one leaves it as it was.
 """
@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -242,8 +243,8 @@ class Result:
 def run(options: ExportOptions, say: Say = print) -> Result:
     """The whole export; the output folder changes only when every check passed."""
     out = Path(options.out)
+    check_writable(out)  # before the data is decoded, as a user would want to hear it
     inputs = load(options)
-    check_writable(out)
     ckpt, wrapper = inputs.ckpt, inputs.wrapper
     n = min(options.parity_images, len(inputs.test))
     pick = seeded_pick(len(inputs.test), n, seed=0)
@@ -271,7 +272,8 @@ def run(options: ExportOptions, say: Say = print) -> Result:
             f"reported on {record['report_images']} test images)")
     explainer = ExplainWrapper(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    swap = swappable(out)
+    staging = staging_folder(out, swap)
     try:
         write_graphs(inputs, explainer, staging, options.opset, meta)
         report, bad = check_parity(inputs, staging, images, labels, options.tolerance, say)
@@ -302,21 +304,46 @@ def run(options: ExportOptions, say: Say = print) -> Result:
         written = [name for name in ARTIFACTS if (staging / name).exists() or name == "metadata.json"]
         meta.files = {name: sha256_file(staging / name) for name in written if name != "metadata.json"}
         meta.write(staging / "metadata.json")
-        publish(staging, out)
+        publish(staging, out, swap)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Result(True, [], written, meta, n)
 
 
 def check_writable(out: Path) -> None:
-    """The output folder can be created, and its parent takes the staging folder and the swap."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for folder in (out, out.parent):
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-                pass
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
     except OSError as exc:
         raise ExportError(f"cannot write to output folder {out} ({exc.strerror or exc})") from None
+
+
+def swappable(out: Path) -> bool:
+    """Whether the output folder can be replaced as a whole by a sibling folder: a real folder (not a symlink,
+    whose target the swap would not follow), on the same filesystem as its parent (not a mount point), whose
+    parent takes new entries, holding files only (a folder inside would have to be carried along), and not this
+    process's working directory or above it."""
+    try:
+        if out.is_symlink() or not out.is_dir() or out.stat().st_dev != out.parent.stat().st_dev:
+            return False
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-"):
+            pass
+        cwd, target = Path.cwd().resolve(), out.resolve()
+    except OSError:
+        return False
+    if cwd == target or target in cwd.parents:
+        return False
+    return not any(p.is_dir() for p in out.iterdir())
+
+
+def staging_folder(out: Path, swap: bool) -> Path:
+    """Where the export is written and checked: beside the output folder when it will be swapped in (with the
+    output folder's permissions, which the swap hands on), else inside it."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent if swap else out))
+    if swap:
+        os.chmod(staging, stat.S_IMODE(out.stat().st_mode))
+    return staging
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -338,48 +365,36 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _swappable(out: Path) -> bool:
-    """Whether `out` can be replaced as a whole: it holds files only (a folder inside it, or a folder that is
-    this process's working directory or above it, would be taken along by the swap)."""
-    try:
-        cwd = Path.cwd().resolve()
-    except OSError:
-        cwd = None
-    target = out.resolve()
-    if cwd is not None and (cwd == target or target in cwd.parents):
-        return False
-    return all(not p.is_dir() or p.name.startswith(f".{out.name}.export-") for p in out.iterdir())
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Make the staging folder the output folder. A reader sees the earlier export or this one, never a mix:
-    the folder is swapped in one rename, after the files that are not an export's (notes.txt, say) are linked
-    into it. Where a swap cannot be done (a mount point, a folder with folders inside) the files are replaced one
-    by one, metadata.json last, and an earlier export's files this one did not write are removed before it."""
-    if out.is_dir() and _swappable(out):
+def publish(staging: Path, out: Path, swap: bool) -> None:
+    """Make the checked export the output folder's content. A reader sees the earlier export or this one, never a
+    mix. With `swap` (see swappable()) the staging folder takes the output folder's place in one rename, after the
+    files that are not an export's (notes.txt, say) are linked into it. Otherwise (staging inside the output
+    folder) the files are moved in one by one, metadata.json last, after an earlier export's files this one did
+    not write are removed."""
+    if swap:
         for p in out.iterdir():
             if p.name not in ARTIFACTS and not (staging / p.name).exists():
                 try:
-                    os.link(p, staging / p.name)
+                    os.link(p, staging / p.name, follow_symlinks=False)
                 except OSError:
-                    shutil.copy2(p, staging / p.name)
+                    shutil.copy2(p, staging / p.name, follow_symlinks=False)
+        if _exchange(staging, out):
+            return  # `staging` now names the earlier export, which the caller removes
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+        os.rename(out, old / "old")
         try:
-            if _exchange(staging, out):
-                return  # `staging` now names the earlier export, which the caller removes
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-            os.rename(out, old / "old")
             os.rename(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
-                raise
+        except OSError:
+            os.rename(old / "old", out)  # put the earlier export back rather than leave no folder
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
     written = [p.name for p in staging.iterdir() if p.name in ARTIFACTS]
+    for name in set(ARTIFACTS) - set(written):
+        (out / name).unlink(missing_ok=True)
     for name in written:
         if name != "metadata.json":
             os.replace(staging / name, out / name)
-    for name in set(ARTIFACTS) - set(written):
-        (out / name).unlink(missing_ok=True)
     os.replace(staging / "metadata.json", out / "metadata.json")
 
 

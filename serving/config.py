@@ -62,23 +62,26 @@ def _bool(name: str, default: bool) -> bool:
 
 
 def _api_keys(name: str) -> tuple[str, ...]:
-    """The accepted API keys: a comma-separated list, or the path of a file with one key per line (a mounted
-    Kubernetes Secret, say). Unset: none, the service is open. Set but holding no key: a start-up error."""
+    """The accepted API keys: a comma-separated list, or (a value starting with "/") the path of a file with one
+    key per line, as a Kubernetes Secret is mounted. Unset: none, the service is open. Set but holding no key, or
+    naming a file that cannot be read: a start-up error. Error messages never repeat the value (it may be a key)."""
     raw = os.environ.get(name)
     if raw is None:
         return ()
     text = raw.strip()
-    where = f"{name}={raw!r}"
-    if text.startswith(("/", "./", "~")) or (text and Path(text).is_file()):
-        path = Path(text).expanduser()
+    if text.startswith("/") and "," not in text:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = Path(text).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{name} names the file {path}, which cannot be read ({exc})") from None
-        where = f"the file {path} ({name})"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise SettingsError(f"{name} starts with '/', so it names a file of keys, and that file cannot be read "
+                                f"({reason}); give the keys without a leading '/', or mount the file") from None
+        source = f"the file {name} names"
+    else:
+        source = name
     keys = tuple(k.strip() for k in text.replace("\n", ",").split(",") if k.strip())
     if not keys:
-        raise SettingsError(f"{where} holds no key; set one or more keys, or unset it to leave the service open")
+        raise SettingsError(f"{source} holds no key; set one or more keys, or unset {name} to leave the service open")
     return keys
 
 

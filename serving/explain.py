@@ -58,7 +58,8 @@ class ExplainRunner:
         if runtime == "torchscript":
             self._run = TorchScriptGraph(model_dir / "explain.ts", device)
         else:
-            session, _ = open_onnx(model_dir / "explain.onnx", device, threads=1)
+            # "auto" on a CUDA worker: CUDA when it starts for this graph too, else the CPU (never a refusal to start)
+            session, _ = open_onnx(model_dir / "explain.onnx", "auto" if device == "cuda" else device, threads=1)
 
             def run(images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 heat, probs = session.run(["heatmap", "probabilities"], {"image": images, "target": target})

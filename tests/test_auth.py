@@ -43,14 +43,18 @@ def test_the_setting_takes_a_list_or_a_file_and_refuses_an_empty_one(monkeypatch
     secret.write_text("k3y-one\nsecond-key\n")  # a mounted Kubernetes Secret: one key per line
     monkeypatch.setenv("CIFAR10_API_KEYS", str(secret))
     assert Settings.from_env().api_keys == KEYS
-    for empty in ("", " , ", str(tmp_path / "empty")):
+    for empty in ("", " , ", str(tmp_path / "empty")):  # (tmp_path is absolute: a file)
         (tmp_path / "empty").write_text("\n")
         monkeypatch.setenv("CIFAR10_API_KEYS", empty)
         with pytest.raises(SettingsError, match="holds no key"):
             Settings.from_env()
-    monkeypatch.setenv("CIFAR10_API_KEYS", str(tmp_path / "missing"))
-    with pytest.raises(SettingsError, match="cannot be read"):
+    monkeypatch.setenv("CIFAR10_API_KEYS", "/no-such-key-file")
+    with pytest.raises(SettingsError, match="cannot be read") as refused:
         Settings.from_env()
+    assert "no-such-key-file" not in str(refused.value)  # it might have been a key: never repeated
+    many = [os.urandom(32).hex() for _ in range(12)]  # a long list (past any file-name length) is keys, not a path
+    monkeypatch.setenv("CIFAR10_API_KEYS", ",".join(many))
+    assert Settings.from_env().api_keys == tuple(many)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,9 @@ def test_model_endpoints_want_a_key_and_the_rest_stays_open(keyed):
                 assert r.headers["www-authenticate"].startswith("Bearer")
             r = http.post(path, headers={"Authorization": "Bearer second-key"}, **kw)
             assert r.status_code == 200, (path, r.text)
+        # Refused before the body is read: an upload over the limit without a key is a 401, not a 413.
+        big = http.post("/classify", content=b"\0" * (11 * 1024 * 1024), headers={"Content-Type": "image/png"})
+        assert big.status_code == 401 and big.json()["code"] == "unauthorized"
         for path in ("/readyz", "/livez", "/metrics", "/", "/docs.json", "/ui", "/schema.json"):
             assert http.get(path).status_code == 200, path
         info = http.get("/model_info", headers={"Authorization": "Bearer k3y-one"}).json()

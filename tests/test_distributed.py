@@ -218,3 +218,73 @@ def test_a_rank_whose_peer_never_comes_times_out(real_subset, tmp_path, tmp_path
     assert proc.returncode == 1 and time.time() - start < 60
     assert proc.stderr.startswith("error: rank 0: another process of this job stopped answering")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# Two "nodes" on this machine: two torchrun launchers of one process each, meeting through the c10d rendezvous,
+# as two hosts would (docs/scale.md: the multi-host command differs only in the endpoint's address).
+def _two_node_cmd(port: int, *argv: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=cifar10-test-{port}",
+            "--max-restarts=0", "-m", "training", *argv]
+
+
+def _start_two_nodes(env: dict, logs: Path, *argv: str) -> list[subprocess.Popen]:
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen(_two_node_cmd(port, *argv), cwd=ROOT, env=env, start_new_session=True,
+                             stdout=open(logs / f"node{n}.out", "w"), stderr=open(logs / f"node{n}.err", "w"))
+            for n in range(2)]
+
+
+def _wait_all(nodes: list[subprocess.Popen], timeout: float) -> list[int]:
+    deadline = time.time() + timeout
+    try:
+        return [node.wait(timeout=max(1.0, deadline - time.time())) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                _kill_job(node)
+
+
+def test_two_nodes_write_the_checkpoint_of_one_node_with_two_processes(ddp_run, real_subset, tmp_path,
+                                                                        tmp_path_factory):
+    out, _ = ddp_run
+    nodes = _start_two_nodes(_env(tmp_path_factory), tmp_path / "logs", "--data", str(real_subset), "--epochs", "2",
+                             "--batch-size", "32", "--checkpoint-dir", str(tmp_path / "run"))
+    codes = _wait_all(nodes, timeout=300)
+    assert codes == [0, 0], [(tmp_path / "logs" / f"node{n}.err").read_text()[-2000:] for n in range(2)]
+    assert {p.name for p in (tmp_path / "run").iterdir()} == OUTPUTS
+    assert _history(tmp_path / "run") == _history(out)
+    for name in ("last.pt", "best.pt"):
+        a, b = _state(tmp_path / "run" / name), _state(out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_dead_node_stops_the_other_and_the_run_resumes(ddp_run, real_subset, tmp_path, tmp_path_factory):
+    out, _ = ddp_run
+    env, run = _env(tmp_path_factory), tmp_path / "run"
+    nodes = _start_two_nodes(env, tmp_path / "logs", "--data", str(real_subset), "--epochs", "2", "--batch-size",
+                             "32", "--checkpoint-dir", str(run), "--quiet")
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (run / "last.pt").exists():  # written before the first epoch
+            time.sleep(0.05)
+        assert (run / "last.pt").exists(), "the two nodes never started training"
+        _kill_job(nodes[1])  # the second machine dies: its launcher and its process, SIGKILL
+        killed_at = time.time()
+        code = nodes[0].wait(timeout=120)
+        took = time.time() - killed_at
+    finally:
+        _wait_all(nodes, timeout=1)
+    err = (tmp_path / "logs" / "node0.err").read_text()
+    assert code != 0 and took < 120
+    assert "another process of this job stopped answering, so this one stops too" in err, err[-3000:]
+    assert not (run / "best.pt").exists()  # it died in the first epoch
+    # Both machines back: --resume continues from last.pt and reaches the uninterrupted run's result.
+    nodes = _start_two_nodes(env, tmp_path / "logs-resumed", "--resume", str(run / "last.pt"), "--quiet")
+    codes = _wait_all(nodes, timeout=300)
+    assert codes == [0, 0], [(tmp_path / "logs-resumed" / f"node{n}.err").read_text()[-2000:] for n in range(2)]
+    assert _history(run) == _history(out)
+    for name in ("last.pt", "best.pt"):
+        a, b = _state(run / name), _state(out / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -240,20 +240,51 @@ def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path, mo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".art.export-")]  # no staging folder left
 
 
-def test_the_folder_is_published_file_by_file_where_it_cannot_be_swapped(tmp_path):
-    # A folder with folders in it (or a mount point) cannot be swapped: the files are replaced, metadata.json last.
+def test_the_folder_is_published_file_by_file_where_it_cannot_be_swapped(tmp_path, monkeypatch):
+    # A folder with folders in it (or a mount point, a symlink) is not swapped: the files are replaced one by one,
+    # an earlier export's unlisted files removed first, metadata.json last.
     import export.pipeline as pipeline
 
-    out, staging = tmp_path / "out", tmp_path / "staging"
+    out = tmp_path / "out"
     (out / "keep").mkdir(parents=True)
     (out / "model.int8.onnx").write_bytes(b"old")
     (out / "metadata.json").write_text("old")
-    staging.mkdir()
+    assert not pipeline.swappable(out)
+    staging = pipeline.staging_folder(out, swap=False)
+    assert staging.parent == out
     (staging / "model.onnx").write_bytes(b"new")
     (staging / "metadata.json").write_text("new")
-    pipeline.publish(staging, out)
-    assert {p.name for p in out.iterdir()} == {"keep", "model.onnx", "metadata.json"}
+    events: list[str] = []
+    replace, unlink = os.replace, Path.unlink
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"), replace(a, b))[1])
+    monkeypatch.setattr(Path, "unlink", lambda p, missing_ok=False: (events.append(f"unlink {p.name}"),
+                                                                     unlink(p, missing_ok=missing_ok))[1])
+    pipeline.publish(staging, out, swap=False)
+    monkeypatch.undo()
+    assert events[-1] == "replace metadata.json" and "unlink model.int8.onnx" in events
+    assert events.index("unlink model.int8.onnx") < events.index("replace model.onnx")
+    assert {p.name for p in out.iterdir()} == {"keep", "model.onnx", "metadata.json", staging.name}
     assert (out / "metadata.json").read_text() == "new"
+
+
+def test_only_a_plain_folder_of_files_is_swapped_and_it_keeps_its_permissions(tmp_path):
+    import stat
+
+    import export.pipeline as pipeline
+
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"old")
+    out.chmod(0o755)
+    assert pipeline.swappable(out)
+    staging = pipeline.staging_folder(out, swap=True)
+    assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    (staging / "model.onnx").write_bytes(b"new")
+    pipeline.publish(staging, out, swap=True)
+    assert (out / "model.onnx").read_bytes() == b"new" and stat.S_IMODE(out.stat().st_mode) == 0o755
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    assert not pipeline.swappable(link)  # a swap would replace the link, not the folder it points to
 
 
 def test_parity_refuses_nan_outputs_that_would_otherwise_agree():

@@ -86,7 +86,11 @@ def test_the_pod_fits_the_service(target):
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env["BENTOML_HOME"].startswith("/tmp/")  # BentoML creates folders in its home at start
     # Rolling updates and node drains keep capacity; the autoscaler and the budget point at this Deployment.
-    assert kinds["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # (on GPUs one pod at a time: surging would need a spare GPU)
+    rolling = kinds["Deployment"]["spec"]["strategy"]["rollingUpdate"]
+    surge = {"maxSurge": 0, "maxUnavailable": 1} if target == "gpu" else {"maxSurge": 1, "maxUnavailable": 0}
+    assert rolling == surge
+    assert "replicas" not in kinds["Deployment"]["spec"]  # the autoscaler owns the count
     assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
     selector = kinds["Deployment"]["spec"]["selector"]["matchLabels"]
     assert kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
@@ -129,3 +133,25 @@ def test_the_drain_filter_component_adds_only_net_admin(tmp_path):
     assert plain["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     (container,) = with_component(tmp_path, "drain-filter")["spec"]["template"]["spec"]["containers"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+
+
+def test_the_multi_node_training_job_is_valid_and_meets_at_pod_zero():
+    import kubernetes_validate
+
+    docs = [d for d in yaml.safe_load_all((KUBE / "training" / "job.yaml").read_text()) if d]
+    for doc in docs:
+        for version in VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    service, job = by_kind(docs)["Service"], by_kind(docs)["Job"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
+    pod = spec["template"]["spec"]
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    command = pod["containers"][0]["command"]
+    flags = dict(arg.split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+    # The rendezvous endpoint is pod 0's DNS name under the headless Service, on the port it exposes.
+    host, port = flags["--rdzv-endpoint"].split(":")
+    assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(port) == service["spec"]["ports"][0]["port"]
+    assert flags["--nnodes"] == str(spec["completions"]) and flags["--rdzv-backend"] == "c10d"
+    assert command[command.index("-m") + 1] == "training"
