@@ -37,7 +37,7 @@ from .calibration import calibrate as calibrate_halves
 from .explain import LAYERS, METHODS, ExplainWrapper, activation_of, at_kink, autograd_cam, cam_for
 from .graphs import export_onnx, export_torchscript, load_torchscript
 from .metadata import build_metadata
-from .parity import compare, explain_report, failures, onnx_runner, run_explain, torch_runner
+from .parity import Runner, compare, explain_report, failures, onnx_runner, run_explain, torch_runner
 from .quantize import count_ops, quantize
 from .wrapper import classifier_from_checkpoint
 
@@ -157,13 +157,13 @@ def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opse
                 "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities")
 
 
-def check_parity(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, tolerance: float,
-                 say: Say) -> tuple[dict, list[str]]:
-    """(report, failures) of eager vs TorchScript vs ONNX Runtime on the parity images."""
+def check_parity(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray, labels: np.ndarray,
+                 tolerance: float, say: Say) -> tuple[dict, list[str]]:
+    """(report, failures) of eager vs TorchScript vs ONNX Runtime (`onnx`: model.onnx) on the parity images."""
     runners = {
         "eager": torch_runner(inputs.wrapper),
         "torchscript": torch_runner(load_torchscript(staging / "model.ts")),
-        "onnxruntime": onnx_runner(str(staging / "model.onnx")),
+        "onnxruntime": onnx,
     }
     report = compare(images, labels, runners)
     report.update({"tolerance": tolerance, "data": str(inputs.data), "checkpoint": str(inputs.checkpoint)})
@@ -176,12 +176,12 @@ def check_parity(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.n
     return report, failures(report, tolerance)
 
 
-def check_explanation(inputs: Inputs, staging: Path, images: np.ndarray, tolerance: float,
+def check_explanation(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray, tolerance: float,
                       say: Say) -> tuple[dict, list[str], list[int]]:
-    """explain.onnx (as the CPU image serves it) against the torch autograd reference: (report entry, failures,
-    the explained activation's grid [h, w])."""
+    """explain.onnx (as the CPU image serves it) against the torch autograd reference, and its probabilities
+    against the classifier's (`onnx`: model.onnx): (report entry, failures, the explained activation's grid)."""
     arch, wrapper = inputs.ckpt.arch, inputs.wrapper
-    classifier_probs = onnx_runner(str(staging / "model.onnx"))(images)[1]
+    classifier_probs = onnx(images)[1]
     targets = classifier_probs.argmax(1)
     heat, probs = run_explain(str(staging / "explain.onnx"), images)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() * wrapper.scale - wrapper.shift  # [N, 3, H, W]
@@ -276,8 +276,10 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     staging = staging_folder(out, swap)
     try:
         write_graphs(inputs, explainer, staging, options.opset, meta)
-        report, bad = check_parity(inputs, staging, images, labels, options.tolerance, say)
-        report["explanation"], explain_bad, grid = check_explanation(inputs, staging, images, options.tolerance, say)
+        onnx = onnx_runner(str(staging / "model.onnx"))  # one session for both checks
+        report, bad = check_parity(inputs, staging, onnx, images, labels, options.tolerance, say)
+        report["explanation"], explain_bad, grid = check_explanation(inputs, staging, onnx, images, options.tolerance,
+                                                                      say)
         bad += explain_bad
         if options.int8 and not bad:
             report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images, say)

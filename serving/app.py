@@ -50,11 +50,11 @@ class MountedApp(Starlette):
                  endpoints: dict[str, tuple[Handler, tuple[str, ...]]] = ENDPOINTS, api_keys: Optional[ApiKeys] = None):
         self.service: Optional[Any] = None
         self.api_keys = api_keys
-        super().__init__(routes=[Route(path, self._guard(handler, path in MODEL_PATHS), methods=list(methods))
-                                 for path, (handler, methods) in endpoints.items()])
-        # The same handlers as plain ASGI apps, for the fast lane.
-        self.hot_routes = {path: request_response(self._guard(endpoints[path][0], path in MODEL_PATHS))
-                           for path in HOT_PATHS if path in endpoints}
+        guarded = {path: self._guard(handler, path in MODEL_PATHS) for path, (handler, _) in endpoints.items()}
+        super().__init__(routes=[Route(path, guarded[path], methods=list(methods))
+                                 for path, (_, methods) in endpoints.items()])
+        # The same endpoints as plain ASGI apps, for the fast lane.
+        self.hot_routes = {path: request_response(guarded[path]) for path in HOT_PATHS if path in guarded}
         self.fast_lane, self.timeout, self.installed = fast_lane, timeout, False
 
     def bind(self, service: Any) -> None:

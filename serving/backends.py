@@ -18,7 +18,7 @@ from .config import DEVICES, RUNTIMES, SettingsError, choice
 log = logging.getLogger("bentoml.cifar10_service")
 
 
-def open_onnx(path: Path, device: str, threads: int, runtime: str = "onnx"):
+def open_onnx(path: Path, device: str, threads: int):
     """(session, the device it really runs on) for an exported ONNX graph; device is auto, cpu or cuda."""
     import onnxruntime as ort
 

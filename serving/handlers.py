@@ -43,17 +43,13 @@ def answer(svc, probs: np.ndarray, k: int, count: bool = True) -> dict[str, Any]
     }
 
 
-def _public(record: Any) -> Any:
-    return None if record is None else {k: v for k, v in record.items() if not k.startswith("_")}
-
-
 def info(svc) -> dict[str, Any]:
     m, s = svc.meta, svc.settings
     return {
         "model": svc.model_ref, "tag": str(svc.model.tag), "classes": svc.classes,
         "architecture": m.architecture, "input": m.input, "normalization": m.normalization,
         "tta_flip": m.tta_flip, "tta_translate": m.tta_translate,
-        "metrics": m.metrics, "calibration": _public(m.calibration), "explanation": m.explanation,
+        "metrics": m.metrics, "calibration": m.calibration, "explanation": m.explanation,
         "source_checkpoint_sha256": m.source_checkpoint["sha256"],
         "git_commit": m.git_commit, "exported_at": m.exported_at,
         "serving": {"batching": s.batching, "max_batch": svc.max_batch, "threads": s.threads,

@@ -23,8 +23,12 @@ from typing import Callable, Optional
 TESTED_BENTOML = ((1, 4), (1, 5))
 
 
-def version(text: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", text)[:2])
+def outside_tested(version_text: str) -> Optional[str]:
+    """The tested range as text ("1.4 to 1.5") when a BentoML version string lies outside it; None inside."""
+    low, high = TESTED_BENTOML
+    if low <= tuple(int(n) for n in re.findall(r"\d+", version_text)[:2]) < high:
+        return None
+    return f"{'.'.join(map(str, low))} to {'.'.join(map(str, high))}"
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,8 @@ class Assumption:
 def _bentoml_release() -> Optional[str]:
     import bentoml
 
-    low, high = TESTED_BENTOML
-    if not low <= version(bentoml.__version__) < high:
-        return f"BentoML {bentoml.__version__} is outside {'.'.join(map(str, low))} to {'.'.join(map(str, high))}"
-    return None
+    tested = outside_tested(bentoml.__version__)
+    return f"BentoML {bentoml.__version__} is outside {tested}" if tested else None
 
 
 def _middleware_names() -> Optional[str]:

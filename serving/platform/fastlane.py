@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 
 from ..errors import RequestError
-from . import TESTED_BENTOML, version
+from . import outside_tested
 
 log = logging.getLogger("bentoml.cifar10_service")
 
@@ -74,11 +74,8 @@ def _bentoml_in_tested_range(_: Any) -> Optional[str]:
         import bentoml
     except ImportError:
         return "bentoml is not importable"
-    low, high = TESTED_BENTOML
-    if not low <= version(bentoml.__version__) < high:
-        return (f"BentoML {bentoml.__version__} is outside the tested releases "
-                f"{'.'.join(map(str, low))} to {'.'.join(map(str, high))} (exclusive)")
-    return None
+    tested = outside_tested(bentoml.__version__)
+    return f"BentoML {bentoml.__version__} is outside the tested releases {tested} (exclusive)" if tested else None
 
 
 def _stack_is_built(outer: Any) -> Optional[str]:
