@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, cache, report or figure."""
+"""Atomic writes: a reader never sees a half-written checkpoint, cache, report, figure or output folder."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -29,3 +30,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         # Also on KeyboardInterrupt: the old file stays, the partial one goes.
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
+        return False  # no such call, or a filesystem that cannot exchange
+    raise OSError(code, os.strerror(code), str(b))

@@ -13,7 +13,6 @@ Every check runs before anything in the output folder changes; a failed one leav
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from contract.atomic import exchange
 from contract.provenance import git_commit, sha256_file
 from contract.schemas import Checkpoint, ModelMetadata
 from training.checkpoint import load_checkpoint
@@ -348,25 +348,6 @@ def staging_folder(out: Path, swap: bool) -> Path:
     return staging
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
-        return False  # no such call, or a filesystem that cannot exchange
-    raise OSError(code, os.strerror(code), str(b))
-
-
 def publish(staging: Path, out: Path, swap: bool) -> None:
     """Make the checked export the output folder's content. A reader sees the earlier export or this one, never a
     mix. With `swap` (see swappable()) the staging folder takes the output folder's place in one rename, after the
@@ -380,7 +361,7 @@ def publish(staging: Path, out: Path, swap: bool) -> None:
                     os.link(p, staging / p.name, follow_symlinks=False)
                 except OSError:
                     shutil.copy2(p, staging / p.name, follow_symlinks=False)
-        if _exchange(staging, out):
+        if exchange(staging, out):
             return  # `staging` now names the earlier export, which the caller removes
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
         os.rename(out, old / "old")

@@ -24,6 +24,8 @@ COMMANDS = {
     ("cifar10-export",): [str(BIN / "cifar10-export")],
     ("cifar10-classify",): [str(BIN / "cifar10-classify")],
     ("python", "-m", "clients"): [sys.executable, "-m", "clients"],
+    ("python", "-m", "clients.batch"): [sys.executable, "-m", "clients.batch"],
+    ("cifar10-batch",): [str(BIN / "cifar10-batch")],
     ("scripts/container_smoke.sh",): ["bash", "scripts/container_smoke.sh"],
     ("scripts/kube_smoke.sh",): ["bash", "scripts/kube_smoke.sh"],
 }
@@ -89,7 +91,8 @@ def test_every_documented_command_exists_with_its_flags():
     keys = {key for _, key, _ in commands}
     # The stages' commands are all documented somewhere.
     for must in [("python", "-m", "training"), ("python", "-m", "export"), ("cifar10-classify",),
-                 ("python", "-m", "training.sweep"), ("scripts/container_smoke.sh",)]:
+                 ("python", "-m", "training.sweep"), ("scripts/container_smoke.sh",),
+                 ("python", "-m", "clients.batch")]:
         assert must in keys, f"{' '.join(must)} is not documented"
     problems = [f"{doc}: {' '.join(key)} {flag} (not in its --help)"
                 for doc, key, rest in commands for flag in unknown_flags(key, rest)]

@@ -216,7 +216,7 @@ def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path, mo
     import export.pipeline as pipeline
 
     swaps: list[tuple] = []  # (what the output folder held just before, just after, swapped) per swap
-    real = pipeline._exchange
+    real = pipeline.exchange
 
     def recording_exchange(a, b):
         before = {p.name for p in Path(b).iterdir()}
@@ -224,7 +224,7 @@ def test_no_int8_skips_the_quantized_model(checkpoint, shared_data, tmp_path, mo
         swaps.append((before, {p.name for p in Path(b).iterdir()}, done))
         return done
 
-    monkeypatch.setattr(pipeline, "_exchange", recording_exchange)
+    monkeypatch.setattr(pipeline, "exchange", recording_exchange)
     assert export("--checkpoint", str(checkpoint), "--out", str(out), "--data", str(shared_data),
                   "--parity-images", "1000", "--no-int8", "--no-calibration", "--quiet") == 0
     monkeypatch.undo()

@@ -123,26 +123,46 @@ CLIENT_ONLY = {"httpx", "numpy", "PIL"}
 CLIENT_EVAL = {"tqdm", "matplotlib"}
 
 
-def test_clients_import_only_what_a_client_only_install_has():
+# python -m clients.batch: the [batch] extra on top (docs/scale.md), never reached from the light client's modules.
+BATCH_EXTRA = {"ray", "pyarrow", "onnxruntime"}
+
+
+def _third_party_imports(start: list[Path], skip_eval: bool) -> list[str]:
+    """Third-party imports of these files and of the contract modules they reach (as path: module)."""
     import sys
 
-    todo, seen, bad = ["clients"], set(), []
+    todo, seen, found = [("clients", p) for p in start], set(), []
     while todo:
-        package = todo.pop()
-        seen.add(package)
-        paths = files("clients") if package == "clients" else [ROOT / (package.replace(".", "/") + ".py")]
-        for path in paths:
-            for module, scope in imports(path):
-                top = module.split(".")[0]
-                if top in CLIENT_EVAL and scope:
-                    continue
-                if top == "contract":
-                    name = ".".join(module.split(".")[:2])
-                    if (ROOT / (name.replace(".", "/") + ".py")).is_file() and name not in seen:
-                        todo.append(name)
-                elif top not in sys.stdlib_module_names and top not in CLIENT_ONLY and top not in ("clients",):
-                    bad.append(f"{path.relative_to(ROOT)}: {module}")
+        _, path = todo.pop()
+        for module, scope in imports(path):
+            top = module.split(".")[0]
+            if top in CLIENT_EVAL and scope and skip_eval:
+                continue
+            if top == "contract":
+                name = ".".join(module.split(".")[:2])
+                target = ROOT / (name.replace(".", "/") + ".py")
+                if target.is_file() and name not in seen:
+                    seen.add(name)
+                    todo.append((name, target))
+            elif top not in sys.stdlib_module_names and top != "clients":
+                found.append(f"{path.relative_to(ROOT)}: {module}")
+    return found
+
+
+def test_clients_import_only_what_a_client_only_install_has():
+    light = [p for p in files("clients") if "batch" not in p.relative_to(ROOT).parts]
+    bad = [f for f in _third_party_imports(light, skip_eval=True) if f.split(": ")[1].split(".")[0] not in CLIENT_ONLY]
     assert not bad, f"clients/ (and the contract modules it uses) import beyond {sorted(CLIENT_ONLY)}: {bad}"
+    reach = [f"{p.relative_to(ROOT)}: {m}" for p in light for m, _ in imports(p) if m.startswith("clients.batch")]
+    assert not reach, f"the light client must not import the batch job: {reach}"
+
+
+def test_the_batch_job_imports_only_its_extra():
+    batch = files("clients/batch")
+    assert batch, "clients/batch/ is where the batch job lives"
+    allowed = CLIENT_ONLY | CLIENT_EVAL | BATCH_EXTRA
+    bad = [f for f in _third_party_imports(batch, skip_eval=False) if f.split(": ")[1].split(".")[0] not in allowed]
+    assert not bad, f"clients/batch/ imports beyond the light install and the [batch] extra: {bad}"
 
 
 def test_the_model_files_import_only_torch():

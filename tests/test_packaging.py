@@ -40,7 +40,8 @@ def test_the_wheel_holds_every_package_and_the_pages_the_service_reads(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     # /ui and / read these from beside serving/handlers.py: without them an installed service answers 500.
     assert {"serving/static/index.html", "serving/static/docs.html"} <= names
-    for package in ("contract", "training", "training/models", "export", "serving", "serving/platform", "clients"):
+    for package in ("contract", "training", "training/models", "export", "serving", "serving/platform", "clients",
+                    "clients/batch"):
         assert f"{package}/__init__.py" in names, package
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)
 
@@ -58,7 +59,8 @@ def test_the_wheel_alone_is_the_light_client_install(wheel, tmp_path):
                             env=env, cwd=tmp_path).stdout.lower()
     installed = {line.split("==")[0] for line in listed.splitlines()}
     assert {"httpx", "numpy", "pillow", "tqdm", "cifar10-service"} <= installed
-    assert not installed & {"torch", "torchvision", "matplotlib", "onnx", "onnxruntime", "onnxscript", "bentoml"}
+    assert not installed & {"torch", "torchvision", "matplotlib", "onnx", "onnxruntime", "onnxscript", "bentoml", "ray",
+                            "pyarrow"}
     ok = subprocess.run([str(bin_dir / "cifar10-classify"), "--help"], capture_output=True, text=True, env=env,
                         cwd=tmp_path, timeout=60)
     assert ok.returncode == 0 and "--api-key" in ok.stdout, ok.stderr
@@ -66,7 +68,7 @@ def test_the_wheel_alone_is_the_light_client_install(wheel, tmp_path):
                                "print('torch' in sys.modules)"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert imported.returncode == 0 and imported.stdout.strip() == "False", imported.stderr
     # The stages say in one sentence which extra they need.
-    for command, extra in (("cifar10-train", "[train]"), ("cifar10-export", "[train]")):
+    for command, extra in (("cifar10-train", "[train]"), ("cifar10-export", "[train]"), ("cifar10-batch", "[batch]")):
         refused = subprocess.run([str(bin_dir / command), "--help"], capture_output=True, text=True, env=env,
                                  cwd=tmp_path, timeout=60)
         assert refused.returncode == 1 and extra in refused.stderr and "Traceback" not in refused.stderr, command

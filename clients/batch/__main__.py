@@ -1,0 +1,3 @@
+from .cli import command_line
+
+command_line()

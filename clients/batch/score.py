@@ -1,0 +1,97 @@
+"""One worker's job: rows of image paths or bytes -> rows of answers, as the service would give them.
+
+A Scorer holds one ONNX Runtime session (threads: the worker's CPUs) and is called on pyarrow tables; it imports
+no engine, so tests run it alone and the engine (clients/batch/job.py) only schedules it. Images are decoded by the
+service's contract (contract/images.py): the same pixels, the same error codes, plus `unreadable_file` for a path
+that cannot be read (the service never sees one).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from contract.constants import DEFAULT_MAX_PIXELS
+from contract.images import ImageError, decode
+from contract.onnx_session import onnx_session
+from contract.schemas import ModelMetadata
+
+# Runtime name -> the exported file it runs (the service's CIFAR10_RUNTIME names).
+GRAPHS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def output_schema(top_k: int):
+    """The answer table's columns (pyarrow), in the order they are written."""
+    import pyarrow as pa
+
+    score = pa.struct([("label", pa.string()), ("index", pa.int32()), ("probability", pa.float32())])
+    return pa.schema([("path", pa.string()), ("true_label", pa.string()), ("label", pa.string()),
+                      ("index", pa.int32()), ("confidence", pa.float32()), ("top_k", pa.list_(score, top_k)),
+                      ("error", pa.string()), ("error_message", pa.string())])
+
+
+class Scorer:
+    """Callable on a pyarrow table with a `path` (string) and/or an `image` (binary) column and an optional
+    `true_label` column; returns the answer table of output_schema(top_k), one row per input row, in order."""
+
+    def __init__(self, model_dir: str, runtime: str = "onnx", threads: int = 1, top_k: int = 3,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        meta = ModelMetadata.read(Path(model_dir) / "metadata.json")
+        self.classes = list(meta.classes)
+        self.size = meta.input_size
+        self.top_k = min(top_k, len(self.classes))
+        self.max_pixels = max_pixels
+        # One session per worker, sized to the CPUs the engine gave it: ONNX Runtime would otherwise start one
+        # thread per core of the machine in every worker.
+        self.session = onnx_session(str(Path(model_dir) / GRAPHS[runtime]), threads)
+
+    def __call__(self, batch) -> Any:
+        import pyarrow as pa
+
+        n = batch.num_rows
+        paths = batch.column("path").to_pylist() if "path" in batch.column_names else [None] * n
+        data = batch.column("image").to_pylist() if "image" in batch.column_names else [None] * n
+        truth = batch.column("true_label").to_pylist() if "true_label" in batch.column_names else [None] * n
+        pixels, ok, errors = [], [], [(None, None)] * n
+        for i in range(n):
+            try:
+                raw = data[i] if data[i] is not None else _read(paths[i])
+                pixels.append(decode(raw, self.size, self.max_pixels))
+                ok.append(i)
+            except ImageError as exc:
+                errors[i] = (exc.code, str(exc))
+        probs = np.zeros((n, len(self.classes)), np.float32)
+        if ok:
+            # [M, size, size, 3] uint8 -> [M, C] probabilities (normalization and softmax are in the graph)
+            probs[ok] = self.session.run(["probabilities"], {"image": np.stack(pixels)})[0]
+        return pa.Table.from_pydict(self._answers(paths, truth, probs, set(ok), errors),
+                                    schema=output_schema(self.top_k))
+
+    def _answers(self, paths: list, truth: list, probs: np.ndarray, ok: set[int],
+                 errors: list[tuple[Optional[str], Optional[str]]]) -> dict[str, list]:
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :self.top_k]  # [N, k], as the service orders them
+        cols: dict[str, list] = {name: [] for name in output_schema(self.top_k).names}
+        for i in range(len(paths)):
+            good = i in ok
+            best = int(order[i, 0])
+            cols["path"].append(paths[i])
+            cols["true_label"].append(truth[i])
+            cols["label"].append(self.classes[best] if good else None)
+            cols["index"].append(best if good else None)
+            cols["confidence"].append(float(probs[i, best]) if good else None)
+            cols["top_k"].append([{"label": self.classes[j], "index": int(j), "probability": float(probs[i, j])}
+                                  for j in order[i]] if good else None)
+            cols["error"].append(errors[i][0])
+            cols["error_message"].append(errors[i][1])
+        return cols
+
+
+def _read(path: Optional[str]) -> bytes:
+    if path is None:
+        raise ImageError("missing_image", "the row has neither image bytes nor a path")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageError("unreadable_file", f"{path} could not be read ({exc.strerror or exc})") from None
