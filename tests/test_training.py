@@ -131,6 +131,11 @@ def test_bad_checkpoints_are_one_clear_error(trained, real_subset, tmp_path, cap
     (["--checkpoint-dir", "{tmp}/a-file/run"], "cannot create --checkpoint-dir"),
     (["--dist-timeout", "nan"], "--dist-timeout must be a positive number"),
     (["--lr", "inf"], "lr must be a finite float"),
+    (["--mixup", "0"], "--mixup is the alpha of a Beta(alpha, alpha) and must be positive"),
+    (["--cutmix", "-1"], "--cutmix is the alpha of a Beta(alpha, alpha) and must be positive"),
+    (["--corrupt-prob", "1.5"], "corrupt_prob is a probability and must be in [0, 1]"),
+    (["--mix-prob", "0.5"], "--mix-prob is the share of batches MixUp or CutMix mixes"),
+    (["--cutout", "40"], "--cutout is a square's side in pixels, from 1 to 32"),
 ])
 def test_bad_run_flags_are_one_clear_error(real_subset, tmp_path, capsys, flags, message):
     (tmp_path / "a-file").write_text("not a folder")
@@ -140,6 +145,34 @@ def test_bad_run_flags_are_one_clear_error(real_subset, tmp_path, capsys, flags,
     assert run_training("--data", str(real_subset), "--epochs", "1", "--quiet", *flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+AUGMENTATIONS = ["--cutout", "8", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--corrupt-prob", "0.3"]
+
+
+def test_augmentations_train_reproducibly_and_resume_to_the_uninterrupted_result(trained, real_subset, tmp_path):
+    base = ["--data", str(real_subset), "--batch-size", "32", "--quiet", *AUGMENTATIONS]
+    full, again, part = tmp_path / "full", tmp_path / "again", tmp_path / "part"
+    assert run_training(*base, "--epochs", "2", "--checkpoint-dir", str(full)) == 0
+    assert run_training(*base, "--epochs", "2", "--checkpoint-dir", str(again)) == 0
+    assert run_training(*base, "--epochs", "1", "--checkpoint-dir", str(part)) == 0
+    assert run_training("--resume", str(part / "last.pt"), "--epochs", "2", "--quiet") == 0
+    assert _history(again) == _history(full) == _history(part)
+    assert _same_weights(part / "last.pt", full / "last.pt")
+    # They did something: the same run without them (trained's first two epochs) differs.
+    plain = [{k: v for k, v in h.items() if k not in ("seconds", "img_s", "epoch_seconds")}
+             for h in json.loads((trained / "history.json").read_text())][:2]
+    assert [h["train_loss"] for h in _history(full)] != [h["train_loss"] for h in plain]
+    stored = load_checkpoint(full / "best.pt").config
+    assert (stored["cutout"], stored["mixup_alpha"], stored["cutmix_alpha"], stored["mix_prob"],
+            stored["corrupt_prob"]) == (8, 0.4, 1.0, 0.8, 0.3)
+
+
+def test_a_teacher_sees_the_mixed_batch(trained, real_subset, tmp_path):
+    assert run_training("--data", str(real_subset), "--epochs", "1", "--batch-size", "32", "--quiet", "--teacher",
+                        str(trained / "best.pt"), "--distill-weight", "0.5", "--mixup", "0.4", "--cutmix", "1.0",
+                        "--checkpoint-dir", str(tmp_path)) == 0
+    assert json.loads((tmp_path / "history.json").read_text())[0]["train_loss"] > 0
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(trained, monkeypatch):

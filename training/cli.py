@@ -66,6 +66,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "identity at inference, so the exported model is the same)")
     p.add_argument("--crop-padding", type=int, metavar="PX",
                    help="zero padding before the random 32x32 crop (default 4; the fast recipe uses less)")
+    a = p.add_argument_group("regularizing augmentations (all off unless given; docs/training.md)")
+    a.add_argument("--cutout", type=int, metavar="PX", help="Cutout: one PX x PX square per image set to the mean")
+    a.add_argument("--mixup", dest="mixup_alpha", type=float, metavar="ALPHA",
+                   help="MixUp with lam ~ Beta(ALPHA, ALPHA) (e.g. 0.2-1.0)")
+    a.add_argument("--cutmix", dest="cutmix_alpha", type=float, metavar="ALPHA",
+                   help="CutMix with lam ~ Beta(ALPHA, ALPHA) (e.g. 1.0); with --mixup, each mixed batch is one of "
+                   "the two at even odds")
+    a.add_argument("--mix-prob", type=float, metavar="P", help="share of batches MixUp/CutMix mixes (default 1)")
+    a.add_argument("--corrupt-prob", type=float, metavar="P",
+                   help="corruption-style augmentation: Gaussian noise or blur on each image with probability P")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
     p.add_argument("--tta-translate", type=int, metavar="PX",

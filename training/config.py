@@ -75,6 +75,15 @@ class TrainConfig:
     flip: bool = True
     # Each image is mirrored in every other epoch (from a seeded random start) instead of at random.
     alternate_flip: bool = False
+    # Regularizing augmentations (design report §12.1; training/augment.py), all off by default: Cutout's square
+    # side in pixels (0 = off); MixUp's and CutMix's Beta(alpha, alpha) (None = off; with both, each mixed batch is
+    # one or the other), applied to a batch with probability mix_prob; and the corruption-style augmentation
+    # (Gaussian noise or blur) on each image with probability corrupt_prob.
+    cutout: int = 0
+    mixup_alpha: Optional[float] = None
+    cutmix_alpha: Optional[float] = None
+    mix_prob: float = 1.0
+    corrupt_prob: float = 0.0
     tta_flip: bool = False
     # Test-time translation: with tta_flip, also the views shifted by this many pixels up-left and
     # down-right (mirrored edges), weighted as airbench's level-2 TTA. 0 = off.
@@ -259,6 +268,18 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--tta-translate shifts by at most 4 pixels, got {cfg.tta_translate}")
     if cfg.pad_mode == "reflect" and cfg.crop_padding > 16:
         raise ConfigError(f"--crop-padding {cfg.crop_padding} is too large for mirrored padding (at most 16)")
+    if cfg.cutout < 0 or cfg.cutout > 32:
+        raise ConfigError(f"--cutout is a square's side in pixels, from 1 to 32 (0: off), got {cfg.cutout}")
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            flag = "--" + name.split("_")[0]
+            raise ConfigError(f"{flag} is the alpha of a Beta(alpha, alpha) and must be positive, got "
+                              f"{getattr(cfg, name)} (leave the flag out to turn it off)")
+    for name in ("mix_prob", "corrupt_prob"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name} is a probability and must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.mix_prob != 1.0 and cfg.mixup_alpha is None and cfg.cutmix_alpha is None:
+        raise ConfigError("--mix-prob is the share of batches MixUp or CutMix mixes: give --mixup or --cutmix too")
     if not 0.0 <= cfg.distill_weight <= 1.0:
         raise ConfigError(f"distill_weight must be in [0, 1], got {cfg.distill_weight}")
     if cfg.distill_weight > 0 and not cfg.teacher:

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .augment import augment, normalize, translate_views
+from .augment import augment, corrupt, cutout, mix, normalize, translate_views
 from .distributed import all_sum
 from .lookahead import Lookahead
 from .runtime import autocast, full_fp32
@@ -36,6 +36,28 @@ class Augmentation:
     flip: bool = True
     # Alternating flip: the orientation of every image of the split for this epoch (bool [N]); None: random.
     mirrored: Optional[torch.Tensor] = None
+    # The regularizing augmentations (training/augment.py), all off by default.
+    cutout: int = 0
+    mixup_alpha: Optional[float] = None
+    cutmix_alpha: Optional[float] = None
+    mix_prob: float = 1.0
+    corrupt_prob: float = 0.0
+
+    def apply(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, mean: torch.Tensor,
+              std: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """A training batch: uint8 [B, H, W, C] images -> (normalized float [B, C, H, W], partner labels, lam);
+        the target is lam * labels + (1 - lam) * partner labels (lam 1 without MixUp or CutMix). Every draw comes
+        from `generator`, and only for the augmentations that are on."""
+        mirrored = self.mirrored[idx] if self.mirrored is not None else None
+        batch = augment(images, self.crop_padding, self.flip, generator, self.pad_mode, mirrored)
+        if self.corrupt_prob > 0:
+            batch = corrupt(batch, self.corrupt_prob, generator)
+        x = normalize(batch, mean, std)
+        if self.cutout:
+            x = cutout(x, self.cutout, generator)
+        if self.mixup_alpha is None and self.cutmix_alpha is None:
+            return x, labels, 1.0
+        return mix(x, labels, self.mixup_alpha, self.cutmix_alpha, self.mix_prob, generator)
 
 
 @dataclass(frozen=True)
@@ -52,8 +74,13 @@ class Objective:
         """The teacher on the student's (augmented, normalized) batch; call it under the step's autocast."""
         return None if self.teacher is None or self.distill_weight == 0 else self.teacher(x).float()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+             partner: Optional[torch.Tensor] = None, lam: float = 1.0) -> torch.Tensor:
+        """partner, lam: a mixed batch's soft target, lam * labels + (1 - lam) * partner (MixUp, CutMix); the
+        cross-entropy with it is the same mix of the two cross-entropies."""
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if partner is not None and lam < 1.0:
+            ce = lam * ce + (1.0 - lam) * F.cross_entropy(logits.float(), partner, label_smoothing=self.label_smoothing)
         if teacher_logits is None:
             return ce
         target = F.softmax(teacher_logits / self.temperature, dim=1)
@@ -126,14 +153,12 @@ def train_one_epoch(
     start = time.perf_counter()
     for index, (lo, hi) in enumerate(batch_slices(order.numel(), step.batch_size)):
         idx = order[lo:hi]
-        mirrored = aug.mirrored[idx] if aug.mirrored is not None else None
-        x = normalize(augment(images[idx], aug.crop_padding, aug.flip, generator, aug.pad_mode, mirrored),
-                      step.mean, step.std)
         y = labels[idx]
+        x, partner, lam = aug.apply(images[idx], y, idx, step.mean, step.std, generator)
         with autocast(device, step.amp):
             logits = model(x)
-            teacher_logits = objective.teacher_logits(x)
-        loss = objective.loss(logits, y, teacher_logits)
+            teacher_logits = objective.teacher_logits(x)  # the teacher sees the same (mixed) batch
+        loss = objective.loss(logits, y, teacher_logits, partner, lam)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -153,7 +178,7 @@ def train_one_epoch(
         if lookahead is not None:
             lookahead.after_step(unwrapped, lookahead_active)
         loss_sum += loss.detach() * (hi - lo)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == (y if lam >= 0.5 else partner)).sum()  # a mixed image's larger share
         seen += hi - lo
         if on_step is not None and index % 20 == 0:
             on_step(index, seen, loss_sum.item() / seen, correct.item() / seen)

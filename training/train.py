@@ -320,7 +320,8 @@ def run_epochs(run: Run) -> bool:
             lr = run.optimizer.param_groups[0]["lr"]
             progress = Progress(run.per_rank, f"epoch {epoch}/{cfg.epochs}", show_bars)
             mirrored = first_flip ^ bool(epoch % 2 == 0) if first_flip is not None else None
-            aug = Augmentation(cfg.crop_padding, cfg.pad_mode, cfg.flip, mirrored)
+            aug = Augmentation(cfg.crop_padding, cfg.pad_mode, cfg.flip, mirrored, cfg.cutout, cfg.mixup_alpha,
+                               cfg.cutmix_alpha, cfg.mix_prob, cfg.corrupt_prob)
             stats = train_one_epoch(
                 step, images, labels, aug=aug, lookahead_active=epoch >= cfg.lookahead_start_epoch,
                 frozen=models.frozen_parameters(run.model, epoch, cfg.whiten_bias_epochs), on_step=progress)

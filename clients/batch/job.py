@@ -106,8 +106,9 @@ def _dataset(ray, source: Source, batch_size: int, workers: int):
         # batches, streaming, as the folder rows below are.
         return dataset.rename_columns(source.columns).repartition(target_num_rows_per_block=4 * batch_size)
     table = pa.table({"path": [p for p, _ in source.rows], "true_label": [t for _, t in source.rows]})
-    # Blocks of a few batches each: one block per worker would leave the others idle at the end.
-    rows = max(batch_size, -(-table.num_rows // (4 * workers)) // batch_size * batch_size)
+    # Blocks of 1 to 16 batches, at least four per worker: one block per worker would leave the others idle at the
+    # end, and large blocks would hold the first answers back (they arrive, and are written, block by block).
+    rows = min(16, max(1, -(-table.num_rows // (4 * workers * batch_size)))) * batch_size
     return ray.data.from_arrow([table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table])
 
 
