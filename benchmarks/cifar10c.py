@@ -8,7 +8,7 @@ project installs. The parameters below are CIFAR-10-C's (its make_cifar_c.py); t
 
 Fourteen of the fifteen types: `frost` overlays crops of six frost photographs that ship with CIFAR-10-C's code,
 and without them there is no honest frost. ImageMagick's motion blur (motion_blur, snow) is a one-sided line of
-Gaussian weights here; glass blur shuffles pixels in the same sequential scan as the reference.
+Gaussian weights here; glass blur moves pixels in the same sequential scan as the reference, with its quirk.
 
 Every function maps uint8 [N, 32, 32, 3] and a numpy Generator to uint8 [N, 32, 32, 3].
 """
@@ -137,12 +137,14 @@ def glass_blur(x, severity, rng):
     n, h, w, _ = x.shape
     rows = np.arange(n)
     for _ in range(iterations):
-        # The reference's scan: from the bottom-right inwards, each pixel swapped with a random neighbour.
+        # The reference's scan, from the bottom-right inwards. Its "swap" (`x[h, w], x[h', w'] = x[h', w'], x[h, w]`
+        # on numpy views) copies the neighbour into the pixel and leaves the neighbour as it was; CIFAR-10-C was made
+        # that way, so this does the same. (A true swap lets pixels travel along the scan: measured 2026-12-05, it
+        # took a SimpleCNN from 85.0% to 39.1% at severity 1.)
         for i in range(h - delta, delta, -1):
             for j in range(w - delta, delta, -1):
                 dy, dx = rng.integers(-delta, delta, size=(2, n))
-                a, b = x[rows, i, j].copy(), x[rows, i + dy, j + dx].copy()
-                x[rows, i, j], x[rows, i + dy, j + dx] = b, a
+                x[rows, i, j] = x[rows, i + dy, j + dx]
     return _uint8(_gaussian(_float(x), sigma))
 
 

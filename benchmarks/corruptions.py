@@ -1,7 +1,7 @@
 """Accuracy of an exported model under CIFAR-10-C's corruptions (benchmarks/cifar10c.py), severities 1-5.
 
     python benchmarks/corruptions.py artifacts                       # 2,000 seeded test images
-    python benchmarks/corruptions.py artifacts --images 10000        # the whole test split (about 7 minutes here)
+    python benchmarks/corruptions.py artifacts --images 10000        # the whole test split
     python benchmarks/corruptions.py artifacts --only gaussian_noise fog --severities 3
 
 Runs the exported ONNX graph (as the service does) on the clean images and on each corruption at each severity,
