@@ -210,6 +210,23 @@ def test_the_output_is_published_in_one_step_and_replaced_only_when_asked(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]  # the earlier output is gone, nothing hidden left
 
 
+def test_parts_roll_over_at_rows_per_file_and_no_empty_part_follows(tmp_path, monkeypatch):
+    import clients.batch.job as job
+
+    monkeypatch.setattr(job, "ROWS_PER_FILE", 4)
+    row = {"path": "a.jpg", "true_label": None, "label": "cat", "index": 3, "confidence": 0.5,
+           "top_k": [{"label": "cat", "index": 3, "probability": 0.5}], "error": None, "error_message": None}
+    batch = pa.Table.from_pylist([row, row], schema=output_schema(1))
+    seen = []
+    job._write(iter([batch] * 4), tmp_path, 1, seen.append)  # 8 rows: exactly two full parts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert [pq.read_table(p).num_rows for p in sorted(tmp_path.iterdir())] == [4, 4] and len(seen) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job._write(iter([]), empty, 1, seen.append)
+    assert [pq.read_table(p).num_rows for p in empty.iterdir()] == [0]
+
+
 def test_the_tally_counts_errors_and_scores_only_labelled_usable_rows():
     rows = [("cat", 3, None), ("cat", 5, None), ("dog", 5, None), (None, 1, None), ("cat", None, "corrupt_image"),
             ("dog", None, "empty_file"), (None, None, "empty_file")]

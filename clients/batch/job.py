@@ -117,9 +117,10 @@ def _write(batches, folder: Path, top_k: int, on_batch) -> None:
     writes: answers are ~150 bytes a row, and an engine write stage would need CPUs the scoring workers hold."""
     import pyarrow.parquet as pq
 
-    part, writer, rows = 0, None, 0
+    part, writer, rows, wrote = 0, None, 0, False
     try:
         for batch in batches:
+            wrote = True
             if writer is None:
                 writer = pq.ParquetWriter(folder / f"part-{part:05d}.parquet", output_schema(top_k))
             writer.write_table(batch)
@@ -128,7 +129,7 @@ def _write(batches, folder: Path, top_k: int, on_batch) -> None:
             if rows >= ROWS_PER_FILE:
                 writer.close()
                 part, writer, rows = part + 1, None, 0
-        if writer is None:  # no rows at all: an empty table with the columns
+        if not wrote:  # no rows at all: an empty table with the columns
             pq.write_table(output_schema(top_k).empty_table(), folder / f"part-{part:05d}.parquet")
     finally:
         if writer is not None:
