@@ -48,7 +48,11 @@ def _row(name: str, pred: Optional[Prediction], error: Optional[str], width: int
     if pred is None:
         return f"{name:<{width}}  error: {error}"
     top = " | ".join(f"{s.label} {100 * s.probability:.1f}%" for s in pred.top_k)
-    return f"{name:<{width}}  {pred.label:<10}  {100 * pred.confidence:6.1f}%  {top}"
+    flag = {True: "yes", False: "NO", None: "-"}[pred.in_distribution]
+    row = f"{name:<{width}}  {pred.label:<10}  {100 * pred.confidence:6.1f}%  {flag:<5}  {top}"
+    if pred.in_distribution is False:
+        row += "  (probably not one of the classes)"
+    return row
 
 
 def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, concurrency: int,
@@ -80,7 +84,7 @@ def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, 
         results = list(pool.map(one, files))  # in the order given
     width = max(4, *(len(f) for f in files))
     if not as_json:
-        print(f"{'file':<{width}}  {'label':<10}  {'conf':>7}  top-{top_k}")
+        print(f"{'file':<{width}}  {'label':<10}  {'conf':>7}  {'in-d':<5}  top-{top_k}")
     for path, (pred, error) in zip(files, results, strict=True):
         if as_json:
             record: dict[str, Any] = {"file": path}
@@ -88,7 +92,8 @@ def classify_files(client: Client, files: list[str], top_k: int, as_json: bool, 
                 record["error"] = error
             else:
                 record.update(label=pred.label, index=pred.index, confidence=pred.confidence,
-                              top_k=[s.__dict__ for s in pred.top_k], model=pred.model)
+                              top_k=[s.__dict__ for s in pred.top_k], ood_score=pred.ood_score,
+                              in_distribution=pred.in_distribution, model=pred.model)
                 if path in overlays:
                     record["overlay"] = str(overlays[path])
             print(json.dumps(record))

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Union
+from typing import Any, BinaryIO, Iterable, Optional, Union
 
 import httpx
 
@@ -56,17 +56,24 @@ class Score:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's answer. `in_distribution` is False when the model's out-of-distribution score says the image is
+    probably none of its classes, None when the model was exported without the score (or an older service)."""
+
     label: str
     index: int
     confidence: float
     top_k: tuple[Score, ...]
     model: dict[str, str]
+    ood_score: Optional[float] = None
+    in_distribution: Optional[bool] = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> "Prediction":
+        score = body.get("ood_score")
         return cls(label=body["label"], index=int(body["index"]), confidence=float(body["confidence"]),
                    top_k=tuple(Score(s["label"], int(s["index"]), float(s["probability"])) for s in body["top_k"]),
-                   model=dict(body.get("model", {})))
+                   model=dict(body.get("model", {})), ood_score=None if score is None else float(score),
+                   in_distribution=body.get("in_distribution"))
 
 
 @dataclass(frozen=True)

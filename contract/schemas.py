@@ -154,6 +154,9 @@ class ModelMetadata:
     explanation: Optional[dict[str, Any]] = None
     # model.int8.onnx, when exported: accuracy and agreement against fp32.
     int8: Optional[dict[str, Any]] = None
+    # The out-of-distribution score the graphs output (export/ood.py): its threshold, on which images it was fit,
+    # the false-rejection rate. None for an export made before it existed: the service answers in_distribution null.
+    ood: Optional[dict[str, Any]] = None
     # Serving defaults measured for this network (e.g. max_batch); CIFAR10_* settings override them.
     serving: dict[str, Any] = field(default_factory=dict)
 

@@ -133,16 +133,17 @@ def autograd_cam(arch: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
 
 class ExplainWrapper(nn.Module):
     """The deployable explanation: uint8 [N, H, W, 3] and target int64 [N] (-1: the top class) ->
-    (heatmap [N, H, W] in [0, 1], probabilities [N, C] of the served classifier, TTA and temperature included)."""
+    (heatmap [N, H, W] in [0, 1], probabilities [N, C] of the served classifier, TTA and temperature included,
+    and its ood_score [N])."""
 
     def __init__(self, classifier: nn.Module, cam: nn.Module):
         super().__init__()
         self.classifier = classifier  # export.wrapper.ImageClassifier
         self.cam = cam
 
-    def forward(self, image: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        _, probs = self.classifier(image)
+    def forward(self, image: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, probs, ood_score = self.classifier(image)  # export.ood.ScoredClassifier
         chosen = torch.where(target < 0, probs.argmax(1), target)
         x = image.permute(0, 3, 1, 2).float() * self.classifier.scale - self.classifier.shift  # [N, 3, H, W]
         heat, _ = self.cam(x, chosen)
-        return heat, probs
+        return heat, probs, ood_score

@@ -8,23 +8,23 @@ import torch
 
 from contract.onnx_session import onnx_session
 
-Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 [N,32,32,3] -> (logits, probs)
+# uint8 [N,32,32,3] -> (logits [N, C], probs [N, C]), and ood_score [N] from a graph that has it
+Runner = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
 def torch_runner(module: torch.nn.Module) -> Runner:
     @torch.no_grad()
     def run(images: np.ndarray):
-        logits, probs = module(torch.from_numpy(images))
-        return logits.numpy(), probs.numpy()
+        return tuple(o.numpy() for o in module(torch.from_numpy(images)))
     return run
 
 
 def onnx_runner(path: str, threads: int = 0) -> Runner:
     session = onnx_session(path, threads)
+    names = [o.name for o in session.get_outputs()]  # logits, probabilities[, ood_score]
 
     def run(images: np.ndarray):
-        logits, probs = session.run(["logits", "probabilities"], {"image": images})
-        return logits, probs
+        return tuple(session.run(names, {"image": images}))
     return run
 
 
@@ -44,23 +44,28 @@ def run_explain(path: str, images: np.ndarray, batch_size: int = 250,
 def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
             reference: str = "eager", batch_size: int = 500) -> dict[str, Any]:
     """Per runner: accuracy; per non-reference runner: max |Δlogit|, max |Δprob|, top-1 agreement."""
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    outputs: dict[str, tuple[np.ndarray, ...]] = {}
     for name, run in runners.items():
         parts = [run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        outputs[name] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    ref_logits, ref_probs = outputs[reference]
+        outputs[name] = tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    ref = outputs[reference]
     report: dict[str, Any] = {"images": int(len(images)), "reference": reference, "artifacts": {}}
-    for name, (logits, probs) in outputs.items():
+    for name, out in outputs.items():
+        logits, probs = out[0], out[1]
         entry = {"accuracy": float((logits.argmax(1) == labels).mean()),
                  # argmax of NaN is 0 in every runtime: NaN outputs would "agree" and pass every comparison.
-                 "non_finite_outputs": int((~np.isfinite(logits)).sum() + (~np.isfinite(probs)).sum())}
+                 "non_finite_outputs": int(sum((~np.isfinite(o)).sum() for o in out))}
         if name != reference:
             entry.update({
-                "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
-                "max_abs_prob_diff": float(np.abs(probs - ref_probs).max()),
-                "top1_agreement": float((logits.argmax(1) == ref_logits.argmax(1)).mean()),
+                "max_abs_logit_diff": float(np.abs(logits - ref[0]).max()),
+                "max_abs_prob_diff": float(np.abs(probs - ref[1]).max()),
+                "top1_agreement": float((logits.argmax(1) == ref[0].argmax(1)).mean()),
                 "prob_sum_max_error": float(np.abs(probs.sum(1) - 1).max()),
             })
+            if len(out) > 2 and len(ref) > 2:
+                # The score is a sum of squared distances: its error grows with its size, so it is compared
+                # relative to it (|Δ| / max(1, |score|)).
+                entry["max_rel_ood_diff"] = float((np.abs(out[2] - ref[2]) / np.maximum(1.0, np.abs(ref[2]))).max())
         report["artifacts"][name] = entry
     return report
 
@@ -74,6 +79,8 @@ def failures(report: dict[str, Any], tolerance: float) -> list[str]:
             continue
         if not entry["max_abs_logit_diff"] <= tolerance:  # written so that NaN fails
             out.append(f"{name}: max |Δlogit| {entry['max_abs_logit_diff']:.2e} > {tolerance:.0e}")
+        if "max_rel_ood_diff" in entry and not entry["max_rel_ood_diff"] <= tolerance:
+            out.append(f"{name}: ood_score differs by {entry['max_rel_ood_diff']:.2e} (relative) > {tolerance:.0e}")
         if entry["top1_agreement"] < 1.0:
             out.append(f"{name}: top-1 disagrees on {round((1 - entry['top1_agreement']) * report['images'])} images")
     return out

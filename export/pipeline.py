@@ -30,9 +30,10 @@ from contract.atomic import exchange
 from contract.provenance import git_commit, sha256_file
 from contract.schemas import Checkpoint, ModelMetadata
 from training.checkpoint import load_checkpoint
-from training.data import Split, holdout, load_split
+from training.data import Split, holdout, load_split, split_order
 
-from .calibration import Calibration, calibrate_on, reliability_plot
+from . import ood
+from .calibration import Calibration, calibrate_on, halves, reliability_plot
 from .calibration import calibrate as calibrate_halves
 from .explain import LAYERS, METHODS, ExplainWrapper, activation_of, at_kink, autograd_cam, cam_for
 from .graphs import export_onnx, export_torchscript, load_torchscript
@@ -75,7 +76,9 @@ class Inputs:
 
     checkpoint: Path
     ckpt: Checkpoint
-    wrapper: torch.nn.Module  # export.wrapper.ImageClassifier: uint8 [N, H, W, 3] -> (logits, probabilities)
+    # export.wrapper.ImageClassifier: uint8 [N, H, W, 3] -> (logits, probabilities); once the OOD score is fitted,
+    # export.ood.ScoredClassifier: -> (logits, probabilities, ood_score)
+    wrapper: torch.nn.Module
     data: str
     test: Split
 
@@ -125,9 +128,22 @@ def calibrate(inputs: Inputs, cal: CalibrationImages) -> Calibration:
     """Temperature scaling on the run's --val-split hold-out when it has one (all test images report), else on
     a seeded half of the test images (the other half reports). See export/calibration.py."""
     ckpt = inputs.ckpt
-    held_out = int(ckpt.config.get("val_split") or 0)
-    if not held_out:
+    val = held_out(inputs)
+    if val is None:
         return calibrate_halves(cal.logits, cal.labels)
+    held = int(ckpt.config["val_split"])
+    return calibrate_on(eager_logits(inputs.wrapper, val.images), val.labels, cal.logits, cal.labels,
+                        torch.arange(len(cal.labels)), "held-out training images",
+                        f"the {held} training images the run held out (--val-split {held}, seed "
+                        f"{ckpt.config['seed']}) fit T; the test images report")
+
+
+def held_out(inputs: Inputs) -> Optional[Split]:
+    """The training images the run held out (--val-split), rebuilt; None for a run without a hold-out."""
+    ckpt = inputs.ckpt
+    count = int(ckpt.config.get("val_split") or 0)
+    if not count:
+        return None
     train = inputs.train
     ran = ckpt.provenance.get("dataset") or {}
     if not ckpt.config.get("limit_train") and {"train_images", "val_images"} <= ran.keys():
@@ -137,11 +153,32 @@ def calibrate(inputs: Inputs, cal: CalibrationImages) -> Calibration:
             raise ExportError(f"the training split of {inputs.data} has {len(train)} images, the run's had "
                               f"{ran['train_images'] + ran['val_images']}: its --val-split hold-out cannot be "
                               "rebuilt from it; give --data the dataset the run trained on")
-    val = holdout(train, int(ckpt.config["seed"]), held_out)
-    return calibrate_on(eager_logits(inputs.wrapper, val.images), val.labels, cal.logits, cal.labels,
-                        torch.arange(len(cal.labels)), "held-out training images",
-                        f"the {held_out} training images the run held out (--val-split {held_out}, seed "
-                        f"{ckpt.config['seed']}) fit T; the test images report")
+    return holdout(train, int(ckpt.config["seed"]), count)
+
+
+def fit_ood(inputs: Inputs) -> ood.Fitted:
+    """The OOD score (export/ood.py): class statistics from a seeded sample of the images the run trained on;
+    standardization and threshold on its --val-split hold-out, else on a seeded half of the test split (the other
+    half reports the false rejections)."""
+    ckpt, train, test = inputs.ckpt, inputs.train, inputs.test
+    held = int(ckpt.config.get("val_split") or 0)
+    trained = split_order(len(train), int(ckpt.config.get("seed", 0)))[held:]
+    if ckpt.config.get("limit_train"):
+        trained = trained[:int(ckpt.config["limit_train"])]
+    pick = trained[seeded_pick(len(trained), min(ood.FIT_IMAGES, len(trained)), seed=2)]
+    val = held_out(inputs)
+    if val is not None:
+        threshold_images, report_images = val.images, test.images
+        source = f"the {held} training images the run held out (--val-split {held})"
+    else:
+        fit_half, report_half = halves(len(test), seed=0)
+        threshold_images, report_images = test.images[fit_half], test.images[report_half]
+        source = "test images (a seeded half; the other half reports)"
+    try:
+        return ood.fit(ckpt.arch, inputs.wrapper, train.images[pick], train.labels[pick], threshold_images,
+                       report_images, source, len(ckpt.classes))
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opset: int, meta: ModelMetadata) -> None:
@@ -149,12 +186,14 @@ def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opse
     example = torch.zeros(2, wrapper.image_size, wrapper.image_size, 3, dtype=torch.uint8)
     export_torchscript(wrapper, staging / "model.ts", meta)
     export_onnx(wrapper, staging / "model.onnx", opset, meta, {"image": example},
-                ["logits", "probabilities"], f"{meta.model_name}: uint8 [N,32,32,3] RGB -> logits, probabilities")
+                ["logits", "probabilities", "ood_score"],
+                f"{meta.model_name}: uint8 [N,32,32,3] RGB -> logits, probabilities, ood_score")
     export_torchscript(explainer, staging / "explain.ts", meta)
     export_onnx(explainer, staging / "explain.onnx", opset, meta,
-                {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)}, ["heatmap", "probabilities"],
+                {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)},
+                ["heatmap", "probabilities", "ood_score"],
                 f"{meta.model_name} {METHODS[arch]}: uint8 [N,32,32,3] RGB, target int64 [N] "
-                "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities")
+                "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities, ood_score")
 
 
 def check_parity(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray, labels: np.ndarray,
@@ -172,6 +211,8 @@ def check_parity(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray
         if "max_abs_logit_diff" in entry:
             line += (f"  max|Δlogit| {entry['max_abs_logit_diff']:.2e}  max|Δprob| {entry['max_abs_prob_diff']:.2e}"
                      f"  top-1 agreement {100 * entry['top1_agreement']:.2f}%")
+            if "max_rel_ood_diff" in entry:
+                line += f"  ood_score rel. {entry['max_rel_ood_diff']:.1e}"
         say(line)
     return report, failures(report, tolerance)
 
@@ -203,7 +244,7 @@ def check_explanation(inputs: Inputs, staging: Path, onnx: Runner, images: np.nd
 
 
 def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, cal: CalibrationImages,
-               calibration_images: int, say: Say) -> dict:
+               calibration_images: int, threshold: float, say: Say) -> dict:
     """Quantize model.onnx and measure it: on the parity images and on the calibration test images (all of them
     unless --calibration-images says fewer), against fp32."""
     train = inputs.train
@@ -211,9 +252,10 @@ def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.nda
     record = quantize(staging / "model.onnx", staging / "model.int8.onnx", train.images[pick].numpy())
     int8 = onnx_runner(str(staging / "model.int8.onnx"))
     test_images = cal.images.numpy()
-    int8_logits, int8_probs = (np.concatenate(parts) for parts in zip(
+    int8_logits, int8_probs, int8_ood = (np.concatenate(parts) for parts in zip(
         *(int8(test_images[i:i + 500]) for i in range(0, len(test_images), 500)), strict=True))
     fp32_probs = torch.softmax(cal.logits / inputs.wrapper.temperature, dim=1).numpy()
+    fp32_ood = ood.scores(inputs.wrapper, cal.images).numpy()
     truth = cal.labels.numpy()
     fp32_acc = float((fp32_probs.argmax(1) == truth).mean())
     int8_acc = float((int8_logits.argmax(1) == truth).mean())
@@ -224,6 +266,9 @@ def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.nda
         "drop_points": round(100 * (fp32_acc - int8_acc), 4),
         "top1_agreement": float((int8_logits.argmax(1) == fp32_probs.argmax(1)).mean()),
         "max_abs_prob_diff": float(np.abs(int8_probs - fp32_probs).max()),
+        # The threshold was fitted on fp32 scores: how often int8 lands on the other side of it.
+        "in_distribution_agreement": float(((int8_ood <= threshold) == (fp32_ood <= threshold)).mean()),
+        "int8_false_rejection_rate": float((int8_ood > threshold).mean()),
         "ops": count_ops(staging / "model.int8.onnx"),
     })
     say(f"  int8         accuracy {100 * int8_acc:6.2f}% on the {len(truth)} test images (fp32 {100 * fp32_acc:.2f}%, "
@@ -270,6 +315,13 @@ def run(options: ExportOptions, say: Say = print) -> Result:
             f"{100 * record['after']['ece']:.2f}%, NLL {record['before']['nll']:.4f} -> {record['after']['nll']:.4f} "
             f"(fit on {record['fit_images']} {record['fit_source']}, "
             f"reported on {record['report_images']} test images)")
+    # After the temperature: the score's confidence term reads the served (calibrated) probabilities.
+    fitted = fit_ood(inputs)
+    inputs.wrapper = wrapper = fitted.classifier
+    meta.ood = fitted.record
+    say(f"  ood score    threshold {fitted.record['threshold']:.3f} (95% of {fitted.record['threshold_images']} "
+        f"held-out images below it); false rejections {100 * fitted.record['false_rejection_rate']:.2f}% of "
+        f"{fitted.record['report_images']} test images")
     explainer = ExplainWrapper(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
 
     swap = swappable(out)
@@ -282,7 +334,8 @@ def run(options: ExportOptions, say: Say = print) -> Result:
                                                                       say)
         bad += explain_bad
         if options.int8 and not bad:
-            report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images, say)
+            report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images,
+                                        meta.ood["threshold"], say)
             if not report["int8"]["drop_points"] <= options.int8_max_drop:
                 bad.append(f"model.int8.onnx: accuracy {100 * report['int8']['test_accuracy']:.2f}% on the test split "
                            f"is {report['int8']['drop_points']:.2f} points below fp32 "

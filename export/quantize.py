@@ -56,6 +56,30 @@ def preprocessing_nodes(nodes) -> list[str]:
     return [node.name for node in nodes[:first] if node.name]
 
 
+def score_only_nodes(graph) -> list[str]:
+    """The nodes that feed the ood_score output and neither logits nor probabilities (export/ood.py's statistics
+    and distances). They stay fp32: a squared distance over hundreds of dimensions in 8 bits would move the score
+    past its threshold, and they are a small share of the time."""
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(outputs: list[str]) -> set[int]:
+        seen: set[int] = set()
+        stack = [producer[o] for o in outputs if o in producer]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.extend(producer[i] for i in node.input if i in producer)
+        return seen
+
+    names = [o.name for o in graph.output]
+    if "ood_score" not in names:
+        return []
+    answer = ancestors([n for n in names if n != "ood_score"])
+    return [node.name for node in graph.node if id(node) in ancestors(["ood_score"]) - answer and node.name]
+
+
 def quantize(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -> dict[str, object]:
     """Write int8_path from fp32_path; returns what was done (for metadata.json and the report)."""
     import onnx
@@ -70,10 +94,13 @@ def quantize(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -
         quiet.setLevel(logging.ERROR)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                quant_pre_process(str(fp32_path), str(prepared))
-                nodes = onnx.load(str(prepared)).graph.node
+                # ONNX Runtime's symbolic shape inference stops at the score's ReduceMin over classes (a None type;
+                # onnxruntime 1.32); the graph's shapes are static but the batch, which ONNX's own inference handles.
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+                graph = onnx.load(str(prepared)).graph
+                nodes = graph.node
                 quantize_static(str(prepared), str(int8_path), ImageBatches(calibration_images),
-                                nodes_to_exclude=preprocessing_nodes(nodes),
+                                nodes_to_exclude=preprocessing_nodes(nodes) + score_only_nodes(graph),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, op_types_to_quantize=op_types(nodes), reduce_range=True,
                                 calibrate_method=CalibrationMethod.MinMax)
@@ -82,7 +109,8 @@ def quantize(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -
     return {"file": int8_path.name, "format": "QDQ", "weights": "int8 (7-bit range), per channel",
             "activations": "uint8",
             "calibration": f"MinMax on {len(calibration_images)} seeded training images",
-            "quantized": "every operator after the first convolution but " + ", ".join(KEEP_FP32[:2])}
+            "quantized": "every operator after the first convolution but " + ", ".join(KEEP_FP32[:2])
+                         + " and the out-of-distribution score's own (statistics, distances)"}
 
 
 def count_ops(path: Path) -> dict[str, int]:

@@ -32,13 +32,23 @@ class ImageClassifier(nn.Module):
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(image)
+        logits = self.views(x, self.model(x))
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> the network's input, float [N, 3, H, W]."""
         if image.dtype != torch.uint8:
             raise ValueError("image must be uint8 [N, H, W, 3]")
         if image.dim() != 4 or image.shape[1] != self.image_size or image.shape[2] != self.image_size \
                 or image.shape[3] != 3:
             raise ValueError("image must have shape [N, 32, 32, 3] (RGB, HWC)")
-        x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [N, H, W, 3] -> [N, 3, H, W]
-        logits = self._mirrored(x)
+        return image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [N, H, W, 3] -> [N, 3, H, W]
+
+    def views(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The test-time-augmented logits, given the plain view's (`logits`, the network on x)."""
+        if self.tta_flip:
+            logits = (logits + self.model(x.flip(3))) * 0.5
         if self.tta_translate > 0:
             # Views shifted up-left and down-right, edges mirrored: training.engine.tta_logits's weights.
             p, h, w = self.tta_translate, x.shape[2], x.shape[3]
@@ -46,7 +56,7 @@ class ImageClassifier(nn.Module):
             up_left = padded[:, :, 0:h, 0:w]
             down_right = padded[:, :, 2 * p:2 * p + h, 2 * p:2 * p + w]
             logits = 0.5 * logits + 0.25 * (self._mirrored(up_left) + self._mirrored(down_right))
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+        return logits
 
     def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)

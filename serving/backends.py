@@ -1,7 +1,9 @@
 """Inference runtimes: ONNX Runtime (default; never imports torch) on CPU or CUDA, its int8 model on the CPU,
 or TorchScript. The classifier's backend and the explanation graph (serving/explain.py) are opened here.
 
-A backend maps uint8 [N, 32, 32, 3] RGB to probabilities float32 [N, C]; normalization is in the graph.
+A backend maps uint8 [N, 32, 32, 3] RGB to (probabilities float32 [N, C], ood_score float32 [N]); normalization is
+in the graph, and so is the out-of-distribution score (export/ood.py). A graph exported before the score existed
+has no ood_score output: its backend gives None in its place, and the answers say in_distribution null.
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ class TorchScriptGraph:
             return tuple(o.float().cpu().numpy() for o in outputs)
 
 
+Outputs = tuple[np.ndarray, Optional[np.ndarray]]  # probabilities [N, C], ood_score [N] or None
+
+
 class OnnxBackend:
     runtime = "onnx"
     filename = "model.onnx"
@@ -71,9 +76,11 @@ class OnnxBackend:
             raise SettingsError(f"CIFAR10_RUNTIME={self.runtime}, but the model has no {self.filename} "
                                 "(export it again without --no-int8)")
         self.session, self.device = open_onnx(model_dir / self.filename, device, threads)
+        self.outputs = ["probabilities"] + [o.name for o in self.session.get_outputs() if o.name == "ood_score"]
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["probabilities"], {"image": images})[0]
+    def __call__(self, images: np.ndarray) -> Outputs:
+        out = self.session.run(self.outputs, {"image": images})
+        return out[0], (out[1] if len(out) > 1 else None)
 
 
 class OnnxInt8Backend(OnnxBackend):
@@ -95,8 +102,9 @@ class TorchScriptBackend:
         self.graph = TorchScriptGraph(model_dir / "model.ts", device, threads)
         self.device = self.graph.device
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.graph(images)[1]
+    def __call__(self, images: np.ndarray) -> Outputs:
+        out = self.graph(images)  # logits, probabilities[, ood_score]
+        return out[1], (out[2] if len(out) > 2 else None)
 
 
 def _ieee_fp32(torch) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+# What the model gives for a batch: probabilities [N, C] and ood_score [N] (None from a graph without one).
+Outputs = tuple[np.ndarray, Optional[np.ndarray]]
+
 
 class MicroBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int = 64, enabled: bool = True):
+    def __init__(self, infer: Callable[[np.ndarray], Outputs], max_batch: int = 64, enabled: bool = True):
         self.infer = infer
         self.max_batch = max_batch
         self.enabled = enabled
@@ -25,8 +28,8 @@ class MicroBatcher:
         # One thread: the runtime parallelizes inside a call; two calls at once would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar10-infer")
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, 32, 32, 3] -> probabilities [N, C]."""
+    async def predict(self, images: np.ndarray) -> Outputs:
+        """uint8 [N, 32, 32, 3] -> (probabilities [N, C], ood_score [N] or None)."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
             return self.infer(images)
@@ -55,9 +58,9 @@ class MicroBatcher:
                     batch = np.concatenate([g[0] for g in group])  # [sum N, 32, 32, 3]
                     if len(group) == 1 and not self._pending:
                         # Nobody else is waiting: a thread hop would only add latency.
-                        probs = self.infer(batch)
+                        outputs = self.infer(batch)
                     else:
-                        probs = await loop.run_in_executor(self._executor, self.infer, batch)  # [sum N, C]
+                        outputs = await loop.run_in_executor(self._executor, self.infer, batch)  # [sum N, C], [sum N]
                 except Exception as exc:  # every waiter hears about it; none hangs
                     for _, fut in group:
                         if not fut.done():
@@ -66,7 +69,7 @@ class MicroBatcher:
                 start = 0
                 for images, fut in group:
                     if not fut.done():
-                        fut.set_result(probs[start:start + len(images)])
+                        fut.set_result(tuple(None if o is None else o[start:start + len(images)] for o in outputs))
                     start += len(images)
         finally:
             self._running = False

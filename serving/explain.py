@@ -11,6 +11,7 @@ import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,8 @@ def data_url(png: bytes) -> str:
 
 
 class ExplainRunner:
-    """uint8 [N, H, W, 3] and target int64 [N] (-1: top class) -> (heatmap [N, H, W], probabilities [N, C])."""
+    """uint8 [N, H, W, 3] and target int64 [N] (-1: top class) -> (heatmap [N, H, W], probabilities [N, C],
+    ood_score [N] or None for a graph exported without it)."""
 
     def __init__(self, model_dir: Path, runtime: str, device: str):
         from .backends import TorchScriptGraph, open_onnx
@@ -60,21 +62,23 @@ class ExplainRunner:
         else:
             # "auto" on a CUDA worker: CUDA when it starts for this graph too, else the CPU (never a refusal to start)
             session, _ = open_onnx(model_dir / "explain.onnx", "auto" if device == "cuda" else device, threads=1)
+            names = [o.name for o in session.get_outputs()]  # heatmap, probabilities[, ood_score]
 
-            def run(images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                heat, probs = session.run(["heatmap", "probabilities"], {"image": images, "target": target})
-                return heat, probs
+            def run(images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+                return tuple(session.run(names, {"image": images, "target": target}))
             self._run = run
 
-    def __call__(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run(images, target)
+    def __call__(self, images: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        out = self._run(images, target)
+        return out[0], out[1], (out[2] if len(out) > 2 else None)
 
-    def _explain_one(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, bytes]:
-        heat, probs = self._run(pixels[None], np.array([target], dtype=np.int64))
-        return heat[0], probs[0], overlay_png(pixels, heat[0])
+    def _explain_one(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, Optional[float], bytes]:
+        heat, probs, ood = self(pixels[None], np.array([target], dtype=np.int64))
+        return heat[0], probs[0], None if ood is None else float(ood[0]), overlay_png(pixels, heat[0])
 
-    async def explain(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, bytes]:
-        """(heatmap [H, W], probabilities [C], overlay PNG) of one image. All of it runs in the explainer's
-        thread: the overlay's resize and PNG encoding (about 10 ms) on the event loop would stall /classify."""
+    async def explain(self, pixels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, Optional[float], bytes]:
+        """(heatmap [H, W], probabilities [C], ood_score or None, overlay PNG) of one image. All of it runs in the
+        explainer's thread: the overlay's resize and PNG encoding (about 10 ms) on the event loop would stall
+        /classify."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._explain_one, pixels, target)

@@ -28,17 +28,43 @@ PREDICTIONS = bentoml.metrics.Counter(
     documentation="Images classified, by predicted label",
     labelnames=["label"],
 )
+# What an operator watches for drift (docs/serving.md, "Metrics"): the share of answers the OOD score flags, and
+# the served confidence, both per image.
+IN_DISTRIBUTION = bentoml.metrics.Counter(
+    name="cifar10_in_distribution_total",
+    documentation="Images classified, by whether the OOD score found them like the training images "
+                  "(true, false; unknown for a model exported without the score)",
+    labelnames=["in_distribution"],
+)
+CONFIDENCE = bentoml.metrics.Histogram(
+    name="cifar10_confidence",
+    documentation="The top class's probability of each classified image",
+    buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
 
 
-def answer(svc, probs: np.ndarray, k: int, count: bool = True) -> dict[str, Any]:
-    """One image's answer: the top class, its confidence, the top k, and the model that answered."""
+def in_distribution(svc, score: Optional[float]) -> Optional[bool]:
+    """score <= the export's threshold; None when the model has no score or no threshold."""
+    if score is None or svc.ood_threshold is None:
+        return None
+    return bool(score <= svc.ood_threshold)
+
+
+def answer(svc, probs: np.ndarray, k: int, ood_score: Optional[float], count: bool = True) -> dict[str, Any]:
+    """One image's answer: the top class, its confidence, the top k, whether it looks like one of the classes at
+    all, and the model that answered."""
     order = np.argsort(-probs, kind="stable")[:k]
     best = int(order[0])
+    inside = in_distribution(svc, ood_score)
     if count:  # explanations are not counted as predictions
         PREDICTIONS.labels(label=svc.classes[best]).inc()
+        IN_DISTRIBUTION.labels(in_distribution="unknown" if inside is None else str(inside).lower()).inc()
+        CONFIDENCE.observe(float(probs[best]))
     return {
         "label": svc.classes[best], "index": best, "confidence": float(probs[best]),
         "top_k": [{"label": svc.classes[i], "index": int(i), "probability": float(probs[i])} for i in order],
+        "ood_score": None if ood_score is None else round(float(ood_score), 4),
+        "in_distribution": inside,
         "model": svc.model_ref,
     }
 
@@ -49,7 +75,7 @@ def info(svc) -> dict[str, Any]:
         "model": svc.model_ref, "tag": str(svc.model.tag), "classes": svc.classes,
         "architecture": m.architecture, "input": m.input, "normalization": m.normalization,
         "tta_flip": m.tta_flip, "tta_translate": m.tta_translate,
-        "metrics": m.metrics, "calibration": m.calibration, "explanation": m.explanation,
+        "metrics": m.metrics, "calibration": m.calibration, "explanation": m.explanation, "ood": m.ood,
         "source_checkpoint_sha256": m.source_checkpoint["sha256"],
         "git_commit": m.git_commit, "exported_at": m.exported_at,
         "serving": {"batching": s.batching, "max_batch": svc.max_batch, "threads": s.threads,
@@ -65,8 +91,8 @@ async def classify(svc, request: Request) -> Response:
         raise RequestError(400, "too_many_images", "send one 'image' to /classify; use /classify_batch for several")
     k = top_k(req.fields["top_k"], len(svc.classes))
     (pixels,) = await svc.decoder.decode(req.images)
-    probs = await svc.batcher.predict(pixels[None])  # [1, 32, 32, 3] -> [1, C]
-    return JSONResponse(answer(svc, probs[0], k))
+    probs, ood = await svc.batcher.predict(pixels[None])  # [1, 32, 32, 3] -> [1, C], [1]
+    return JSONResponse(answer(svc, probs[0], k, None if ood is None else float(ood[0])))
 
 
 async def classify_batch(svc, request: Request) -> Response:
@@ -78,8 +104,8 @@ async def classify_batch(svc, request: Request) -> Response:
                            f"{MAX_BATCH_IMAGES}")
     k = top_k(req.fields["top_k"], len(svc.classes))
     pixels = await svc.decoder.decode([(data, f"image {i + 1} ({name})") for i, (data, name) in enumerate(req.images)])
-    probs = await svc.batcher.predict(np.stack(pixels))  # [N, 32, 32, 3] -> [N, C]
-    return JSONResponse([answer(svc, p, k) for p in probs])
+    probs, ood = await svc.batcher.predict(np.stack(pixels))  # [N, 32, 32, 3] -> [N, C], [N]
+    return JSONResponse([answer(svc, p, k, None if ood is None else float(ood[i])) for i, p in enumerate(probs)])
 
 
 async def explain(svc, request: Request) -> Response:
@@ -89,11 +115,11 @@ async def explain(svc, request: Request) -> Response:
     k = top_k(req.fields["top_k"], len(svc.classes))
     target = target_index(req.fields["target"], svc.classes)
     (pixels,) = await svc.decoder.decode(req.images)
-    heat, probs, png = await svc.explainer.explain(pixels, target)
+    heat, probs, ood, png = await svc.explainer.explain(pixels, target)
     chosen = int(probs.argmax()) if target < 0 else target
     if "image/png" in request.headers.get("accept", ""):
         return Response(png, media_type="image/png")
-    body = answer(svc, probs, k, count=False)
+    body = answer(svc, probs, k, ood, count=False)
     body["target"] = {"label": svc.classes[chosen], "index": chosen, "probability": float(probs[chosen])}
     body["heatmap"] = np.round(heat, 4).tolist()  # [H][W], row-major on the model's input grid
     body["overlay"] = data_url(png)

@@ -21,12 +21,20 @@ SCORE = {"type": "object", "required": ["label", "index", "probability"], "prope
 MODEL_REF = {"type": "object", "description": "the model version and runtime that answered", "properties": {
     "name": {"type": "string", "example": "cifar10-simplecnn"}, "version": {"type": "string"},
     "runtime": {"type": "string", "example": "onnx"}, "device": {"type": "string", "example": "cpu"}}}
-PREDICTION = {"type": "object", "required": ["label", "index", "confidence", "top_k", "model"], "properties": {
+PREDICTION = {"type": "object", "required": ["label", "index", "confidence", "top_k", "ood_score", "in_distribution",
+                                            "model"], "properties": {
     "label": {"type": "string", "description": "the top class", "example": "cat"},
     "index": {"type": "integer", "example": 3},
     "confidence": {"type": "number", "format": "float", "description": "its probability (calibrated when the "
                    "export fitted a temperature)", "example": 0.71},
     "top_k": {"type": "array", "items": {"$ref": "#/components/schemas/Score"}},
+    "ood_score": {"type": "number", "format": "float", "nullable": True,
+                  "description": "out-of-distribution score: higher is less like the training images (null for a "
+                  "model exported without it)", "example": 0.12},
+    "in_distribution": {"type": "boolean", "nullable": True,
+                        "description": "false: probably not one of the classes (ood_score above the model's "
+                        "threshold, which passes 95% of held-out CIFAR-10 images); null for a model exported "
+                        "without the score", "example": True},
     "model": {"$ref": "#/components/schemas/ModelRef"}}}
 ERROR = {"type": "object", "required": ["error", "code"], "properties": {
     "error": {"type": "string", "description": "one sentence for people"},

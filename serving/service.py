@@ -64,6 +64,8 @@ class CIFAR10Classifier:
         # Large uploads decode on its pool, one image per job: memory is bounded by the pool's threads.
         self.decoder = Decoder(self.input_size, SETTINGS.max_pixels, SETTINGS.threads)
         self.backend = load_backend(model_dir, SETTINGS.runtime, SETTINGS.device, SETTINGS.threads)
+        # The OOD score's threshold (export/ood.py); None for a model exported before the score existed.
+        self.ood_threshold = float(self.meta.ood["threshold"]) if self.meta.ood else None
         # 16 bounds the wait behind a running batch for SimpleCNN: p99 at c=32 was 32-38 ms with 16 and 43-59 ms
         # with 64 on the 2-core VM, at equal or better requests/s (docs/serving.md, "Load test"). A network's own
         # measured value travels in metadata.json; CIFAR10_MAX_BATCH overrides both.

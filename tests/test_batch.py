@@ -228,10 +228,10 @@ def test_parts_roll_over_at_rows_per_file_and_no_empty_part_follows(tmp_path, mo
 
 
 def test_the_tally_counts_errors_and_scores_only_labelled_usable_rows():
-    rows = [("cat", 3, None), ("cat", 5, None), ("dog", 5, None), (None, 1, None), ("cat", None, "corrupt_image"),
-            ("dog", None, "empty_file"), (None, None, "empty_file")]
+    rows = [("cat", 3, None, True), ("cat", 5, None, False), ("dog", 5, None, True), (None, 1, None, False),
+            ("cat", None, "corrupt_image", None), ("dog", None, "empty_file", None), (None, None, "empty_file", None)]
     table = pa.table({"true_label": [r[0] for r in rows], "index": pa.array([r[1] for r in rows], pa.int32()),
-                      "error": [r[2] for r in rows]})
+                      "in_distribution": pa.array([r[3] for r in rows], pa.bool_()), "error": [r[2] for r in rows]})
     tally = Tally(CLASSES, labelled=True)
     tally.add(table.slice(0, 3))
     tally.add(table.slice(3))
@@ -241,6 +241,11 @@ def test_the_tally_counts_errors_and_scores_only_labelled_usable_rows():
     assert (s["labelled"], s["correct"], s["accuracy"]) == (3, 2, 2 / 3)
     assert s["confusion"][3][3] == 1 and s["confusion"][3][5] == 1 and s["confusion"][5][5] == 1
     assert s["per_class_accuracy"]["cat"] == 0.5 and s["per_class_accuracy"]["airplane"] is None
+    assert s["out_of_distribution"] == 2
+    # A model exported without the OOD score: every in_distribution is null, and so is the count.
+    older = Tally(CLASSES, labelled=True)
+    older.add(table.set_column(2, "in_distribution", pa.nulls(len(rows), pa.bool_())))
+    assert older.summary()["out_of_distribution"] is None
 
 
 # --- the scorer and the job against the service -----------------------------------------------------------------
@@ -257,7 +262,8 @@ def _service_answers(server, files: list[Path]) -> dict[str, tuple]:
                 continue  # the service cannot be sent a file that cannot be read
             try:
                 p = client.classify(data, top_k=3)
-                answers[str(path)] = (p.label, p.index, p.confidence, [(s.label, s.probability) for s in p.top_k])
+                answers[str(path)] = (p.label, p.index, p.confidence, [(s.label, s.probability) for s in p.top_k],
+                                      p.ood_score, p.in_distribution)
             except ServiceError as exc:
                 answers[str(path)] = exc.code
     return answers
@@ -271,8 +277,10 @@ def _assert_rows_match_the_service(rows: list[dict], service: dict[str, tuple], 
             if name.split("/")[-1] != "gone.jpg":
                 assert service[row["path"]] == bad[name]  # the service's code for the same bytes
             continue
-        label, index, confidence, top = service[row["path"]]
+        label, index, confidence, top, ood_score, inside = service[row["path"]]
         assert (row["label"], row["index"], row["error"]) == (label, index, None)
+        assert inside is not None and row["in_distribution"] == inside
+        assert row["ood_score"] == pytest.approx(ood_score, abs=2e-4)
         assert row["confidence"] == pytest.approx(confidence, abs=1e-5)
         assert [(s["label"], s["probability"]) for s in row["top_k"]] == [
             (lbl, pytest.approx(p, abs=1e-5)) for lbl, p in top]

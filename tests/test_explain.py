@@ -204,12 +204,15 @@ def test_explain_endpoint_answers_with_heatmap_overlay_and_classification(client
     r = httpx.post(f"{server.url}/explain", files={"image": (image.name, image.read_bytes(), "image/jpeg")})
     body = r.json()
     assert r.status_code == 200
-    assert {"label", "index", "confidence", "top_k", "target", "heatmap", "overlay", "model"} <= set(body)
+    assert {"label", "index", "confidence", "top_k", "target", "heatmap", "overlay", "model", "ood_score",
+            "in_distribution"} <= set(body)
     heat = np.array(body["heatmap"])
     assert heat.shape == (32, 32) and heat.min() >= 0 and heat.max() == pytest.approx(1.0, abs=1e-4)
     assert body["target"]["label"] == body["label"]  # the top class by default
     classified = client.classify(image)
     assert (classified.label, classified.confidence) == pytest.approx((body["label"], body["confidence"]), abs=1e-5)
+    assert classified.ood_score == pytest.approx(body["ood_score"], abs=1e-4)
+    assert classified.in_distribution == body["in_distribution"]
     assert body["overlay"].startswith("data:image/png;base64,")
     png = httpx.post(f"{server.url}/explain", files={"image": (image.name, image.read_bytes(), "image/jpeg")},
                      headers={"accept": "image/png"})
@@ -229,8 +232,9 @@ def test_explain_a_chosen_class(client, bento_home, target, expected):
     # The heatmap is the chosen class's: explain.onnx run here for that class, not for the top one.
     session = ort.InferenceSession(str(bento_home / "artifacts" / "explain.onnx"), providers=["CPUExecutionProvider"])
     pixels = decode(image.read_bytes())[None]
-    (wanted,), _ = session.run(None, {"image": pixels, "target": np.array([expected], np.int64)})
-    (top,), _ = session.run(None, {"image": pixels, "target": np.array([-1], np.int64)})
+    (wanted,), _ = session.run(["heatmap", "probabilities"],
+                               {"image": pixels, "target": np.array([expected], np.int64)})
+    (top,), _ = session.run(["heatmap", "probabilities"], {"image": pixels, "target": np.array([-1], np.int64)})
     assert np.abs(np.array(e.heatmap) - wanted).max() < 1e-3
     if expected != e.prediction.index:  # another class than the top one: another map
         assert np.abs(wanted - top).max() > 1e-2

@@ -89,20 +89,23 @@ def test_graphs_take_uint8_hwc_and_match_the_trainer(artifacts, checkpoint, real
     model = build_model(load_checkpoint(checkpoint)).eval()
     expected = predict_logits(model, test.images, Inference(torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)))
     session = ort.InferenceSession(str(artifacts / "model.onnx"))
-    logits, probs = session.run(None, {"image": test.images.numpy()})
+    logits, probs, ood = session.run(None, {"image": test.images.numpy()})
     assert np.abs(logits - expected.numpy()).max() < 1e-4
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert ood.shape == (len(test),) and np.isfinite(ood).all()
 
 
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_dynamic_batch(artifacts, n):
     images = np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     session = ort.InferenceSession(str(artifacts / "model.onnx"))
-    logits, probs = session.run(None, {"image": images})
+    logits, probs, ood = session.run(None, {"image": images})
     scripted = torch.jit.load(str(artifacts / "model.ts"))
-    ts_logits, ts_probs = scripted(torch.from_numpy(images))
+    ts_logits, ts_probs, ts_ood = scripted(torch.from_numpy(images))
     assert logits.shape == probs.shape == (n, 10) == tuple(ts_logits.shape)
+    assert ood.shape == (n,) == tuple(ts_ood.shape)
     assert np.abs(logits - ts_logits.detach().numpy()).max() < 1e-4
+    assert np.abs(ood - ts_ood.detach().numpy()).max() < 1e-4 * max(1.0, np.abs(ood).max())
 
 
 @pytest.mark.parametrize("bad", [

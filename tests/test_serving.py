@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +35,16 @@ def test_predictions_match_the_exported_model_in_process(client, bento_home):
     session = ort.InferenceSession(str(bento_home / "artifacts" / "model.onnx"))
     paths = cifar_test_images(2)
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    expected = session.run(["probabilities"], {"image": pixels})[0]
-    for path, probs in zip(paths, expected, strict=True):
+    expected, scores = session.run(["probabilities", "ood_score"], {"image": pixels})
+    threshold = json.loads((bento_home / "artifacts" / "metadata.json").read_text())["ood"]["threshold"]
+    for path, probs, score in zip(paths, expected, scores, strict=True):
         r = client.post("/classify", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["index"] == int(probs.argmax()) and body["label"] == CLASSES[body["index"]]
+        # The out-of-distribution score of the graph, and the export's threshold on it.
+        assert body["ood_score"] == pytest.approx(float(score), abs=1e-4)
+        assert body["in_distribution"] is bool(score <= threshold)
         assert abs(body["confidence"] - float(probs.max())) < 1e-5
         assert [t["index"] for t in body["top_k"]] == list(np.argsort(-probs)[:3])
         assert body["model"]["name"] == "cifar10-simplecnn"
@@ -137,6 +142,8 @@ def test_batch_keeps_request_order(client):
     assert [b["index"] for b in batch] == [s["index"] for s in single]
     for b, s in zip(batch, single, strict=True):
         assert abs(b["confidence"] - s["confidence"]) < 1e-5
+        assert b["ood_score"] == pytest.approx(s["ood_score"], abs=1e-4)
+        assert b["in_distribution"] == s["in_distribution"]
 
 
 def test_concurrent_requests_get_their_own_answers(client, server):
@@ -168,6 +175,21 @@ def test_model_info_readyz_livez_metrics(client):
     assert client.post("/explain", files=[part]).status_code == 200
     client.post("/classify_batch", files=[("images", part[1]), ("images", part[1])]).raise_for_status()
     assert _predictions(client) == {**before, label: before.get(label, 0) + 3}
+    # What an operator watches for drift: answers by in_distribution, and the served confidence's histogram.
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    flagged_before = _total(client, 'cifar10_in_distribution_total{in_distribution="false"}')
+    observed_before = _total(client, "cifar10_confidence_count")
+    body = post_image(client, encode(Image.fromarray(noise), "PNG"), "noise.png", "image/png").json()
+    assert body["in_distribution"] is False and body["ood_score"] > info["ood"]["threshold"]
+    assert _total(client, 'cifar10_in_distribution_total{in_distribution="false"}') == flagged_before + 1
+    assert _total(client, "cifar10_confidence_count") == observed_before + 1
+    assert _total(client, 'cifar10_confidence_bucket{le="1.0"}') == observed_before + 1
+
+
+def _total(client, sample: str) -> float:
+    """The sum of /metrics lines that start with `sample` (a name, or a name and the start of its labels)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith(sample.rstrip("}")) and not line.startswith("#"))
 
 
 def _samples(client, metric: str) -> list[tuple[str, float]]:
@@ -217,6 +239,7 @@ def test_torchscript_runtime_gives_the_same_answers(bento_home, client, server):
                 b = post_image(ts, p.read_bytes()).json()
                 assert b["model"]["runtime"] == "torchscript" and b["model"]["device"] == "cpu"
                 assert a["index"] == b["index"] and abs(a["confidence"] - b["confidence"]) < 1e-4
+                assert b["ood_score"] == pytest.approx(a["ood_score"], rel=1e-4, abs=2e-4)
     finally:
         srv.stop()
     assert "path=/classify" in srv.log.read_text()
@@ -230,6 +253,7 @@ def test_int8_runtime_answers_and_says_so(bento_home, client):
             answers = [(post_image(client, p.read_bytes()).json(), post_image(q, p.read_bytes()).json())
                        for p in cifar_test_images(2)]
             assert all(b["model"]["runtime"] == "onnx-int8" and b["model"]["device"] == "cpu" for _, b in answers)
+            assert all(isinstance(b["in_distribution"], bool) for _, b in answers)
             assert q.get("/model_info").json()["model"]["runtime"] == "onnx-int8"
             # int8 moves probabilities a little; on real images the labels mostly agree with fp32
             assert sum(a["index"] == b["index"] for a, b in answers) >= 0.8 * len(answers)

@@ -111,6 +111,9 @@ def format_summary(summary: dict) -> str:
              f"{summary['threads_per_worker']} thread(s), {summary['engine']} ({summary['address']})",
              f"scored {summary['scored']:,}, failed {summary['failed']:,}"
              + (f" ({', '.join(f'{k}: {v}' for k, v in summary['errors'].items())})" if summary["errors"] else "")]
+    if summary.get("out_of_distribution") is not None and summary["scored"]:
+        lines.append(f"probably not one of the classes (in_distribution false): {summary['out_of_distribution']:,} "
+                     f"({100 * summary['out_of_distribution'] / summary['scored']:.1f}% of the scored images)")
     if summary.get("accuracy") is not None:
         lines += [f"accuracy {100 * summary['accuracy']:.2f}% ({summary['correct']:,} of {summary['labelled']:,} "
                   "labelled images)", "", format_report(summary)]

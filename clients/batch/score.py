@@ -28,6 +28,7 @@ def output_schema(top_k: int):
     score = pa.struct([("label", pa.string()), ("index", pa.int32()), ("probability", pa.float32())])
     return pa.schema([("path", pa.string()), ("true_label", pa.string()), ("label", pa.string()),
                       ("index", pa.int32()), ("confidence", pa.float32()), ("top_k", pa.list_(score, top_k)),
+                      ("ood_score", pa.float32()), ("in_distribution", pa.bool_()),
                       ("error", pa.string()), ("error_message", pa.string())])
 
 
@@ -45,6 +46,9 @@ class Scorer:
         # One session per worker, sized to the CPUs the engine gave it: ONNX Runtime would otherwise start one
         # thread per core of the machine in every worker.
         self.session = onnx_session(str(Path(model_dir) / GRAPHS[runtime]), threads)
+        # The out-of-distribution score and its threshold, as the service reads them (null for an older export).
+        self.outputs = ["probabilities"] + [o.name for o in self.session.get_outputs() if o.name == "ood_score"]
+        self.threshold = float(meta.ood["threshold"]) if meta.ood and len(self.outputs) > 1 else None
 
     def __call__(self, batch) -> Any:
         import pyarrow as pa
@@ -62,13 +66,17 @@ class Scorer:
             except ImageError as exc:
                 errors[i] = (exc.code, str(exc))
         probs = np.zeros((n, len(self.classes)), np.float32)
+        ood = np.zeros(n, np.float32)
         if ok:
-            # [M, size, size, 3] uint8 -> [M, C] probabilities (normalization and softmax are in the graph)
-            probs[ok] = self.session.run(["probabilities"], {"image": np.stack(pixels)})[0]
-        return pa.Table.from_pydict(self._answers(paths, truth, probs, set(ok), errors),
+            # [M, size, size, 3] uint8 -> [M, C] probabilities (normalization and softmax are in the graph), [M]
+            out = self.session.run(self.outputs, {"image": np.stack(pixels)})
+            probs[ok] = out[0]
+            if len(out) > 1:
+                ood[ok] = out[1]
+        return pa.Table.from_pydict(self._answers(paths, truth, probs, ood, set(ok), errors),
                                     schema=output_schema(self.top_k))
 
-    def _answers(self, paths: list, truth: list, probs: np.ndarray, ok: set[int],
+    def _answers(self, paths: list, truth: list, probs: np.ndarray, ood: np.ndarray, ok: set[int],
                  errors: list[tuple[Optional[str], Optional[str]]]) -> dict[str, list]:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :self.top_k]  # [N, k], as the service orders them
         cols: dict[str, list] = {name: [] for name in output_schema(self.top_k).names}
@@ -82,6 +90,10 @@ class Scorer:
             cols["confidence"].append(float(probs[i, best]) if good else None)
             cols["top_k"].append([{"label": self.classes[j], "index": int(j), "probability": float(probs[i, j])}
                                   for j in order[i]] if good else None)
+            scored = good and self.threshold is not None
+            # Rounded as the service rounds it, so that a row and the service's answer agree to the digit.
+            cols["ood_score"].append(round(float(ood[i]), 4) if scored else None)
+            cols["in_distribution"].append(bool(ood[i] <= self.threshold) if scored else None)
             cols["error"].append(errors[i][0])
             cols["error_message"].append(errors[i][1])
         return cols

@@ -1,5 +1,6 @@
 """The networks `python -m training --model NAME` can train. Each model file imports only torch and its
-forward(x) takes normalized float [N, 3, 32, 32] and returns logits [N, num_classes]."""
+forward(x) takes normalized float [N, 3, 32, 32] and returns logits [N, num_classes]; embed(x) returns the
+penultimate features [N, D] that forward maps to logits."""
 from __future__ import annotations
 
 from typing import Any

@@ -78,10 +78,13 @@ class AirbenchNet(nn.Module):
         self.head = nn.Linear(w3, num_classes, bias=False)
         self.logit_scale = logit_scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features [N, 256] the head reads: what the exported out-of-distribution score measures."""
         x = self.layers(self.activ(self.whiten(x)))  # [N, 256, 3, 3]
-        x = self.pool(x).flatten(1)  # [N, 256, 1, 1] -> [N, 256]
-        return self.head(x) * self.logit_scale
+        return self.pool(x).flatten(1)  # [N, 256, 1, 1] -> [N, 256]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x)) * self.logit_scale
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -29,5 +29,11 @@ class SimpleCNN(nn.Module):
             nn.Linear(256, num_classes),
         )
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, 256] (after the hidden layer's ReLU): what the exported
+        out-of-distribution score measures (export/ood.py)."""
+        c = self.classifier
+        return c[3](c[2](c[1](c[0](self.features(x)))))  # Flatten, Linear, ReLU, Dropout
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier[4](self.embed(x))
