@@ -113,8 +113,10 @@ def run_eval(client: Client, args: argparse.Namespace) -> int:
     bar = tqdm(total=len(samples), desc="classifying", unit="img", disable=args.quiet or None, file=sys.stderr)
     with bar:
         result = evaluate_over_http(client, samples, list(info["classes"]), args.concurrency, on_done=bar.update)
+    # The service decodes the files, so its resize policy (CIFAR10_RESIZE) is the one the figures are for.
     result.update(url=client.url, folder=str(root), model=info.get("model"), model_tag=info.get("tag"),
-                  offline_test_acc=(info.get("metrics") or {}).get("test_acc"))
+                  offline_test_acc=(info.get("metrics") or {}).get("test_acc"),
+                  resize=(info.get("serving") or {}).get("resize"))
     written = write_report(args.out, result, f"{info.get('tag')} via {client.url}: "
                            f"{100 * result['accuracy']:.2f}% of {result['n']}")
     if args.json:

@@ -27,9 +27,10 @@ def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, 
         classes=list(ckpt.classes),
         input={
             "name": "image", "dtype": "uint8", "shape": [-1, size, size, 3], "layout": "NHWC", "color": "RGB",
-            "preprocessing": "decode, apply EXIF orientation, convert to RGB, resize to "
-                             f"{size}x{size} with PIL bilinear when the size differs; "
-                             "normalization happens inside the graph",
+            "preprocessing": "decode, apply EXIF orientation, convert to RGB, frame a non-square image by the "
+                             "deployment's resize policy (CIFAR10_RESIZE: center-crop by default, squash or pad; "
+                             f"/model_info serving.resize), resize to {size}x{size} with PIL bilinear when the size "
+                             "differs; normalization happens inside the graph",
         },
         outputs={"logits": "float32 [N, C]",
                  "probabilities": "float32 [N, C], softmax of logits / calibration.temperature (1 without)",

@@ -8,6 +8,7 @@ from typing import Optional
 
 from contract.constants import DEFAULT_MAX_PIXELS
 from contract.cpus import worker_cpus
+from contract.images import DEFAULT_RESIZE, RESIZE_POLICIES
 
 RUNTIMES = ("onnx", "onnx-int8", "torchscript")
 TIMEOUT_S = 30  # the longest a request may take (answered 504 `timeout`); Kubernetes' grace period covers it
@@ -101,6 +102,8 @@ class Settings:
     fast_lane: bool
     shutdown_delay: float
     graceful_shutdown: bool
+    # How a non-square upload is framed before the resize to the model's input (contract/images.py).
+    resize: str = DEFAULT_RESIZE
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
 
     @property
@@ -124,6 +127,8 @@ class Settings:
             max_batch=_int("CIFAR10_MAX_BATCH", 0) or None,
             max_upload_bytes=_int("CIFAR10_MAX_UPLOAD_MB", 10) * 1024 * 1024,
             max_pixels=_int("CIFAR10_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            resize=choice("CIFAR10_RESIZE", os.environ.get("CIFAR10_RESIZE", DEFAULT_RESIZE).strip().lower(),
+                          RESIZE_POLICIES),
             access_log=_bool("CIFAR10_ACCESS_LOG", False),
             tracing=_bool("CIFAR10_TRACING", False),
             # /classify and /classify_batch skip BentoML's per-request middleware (serving/platform/fastlane.py).

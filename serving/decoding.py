@@ -40,8 +40,8 @@ class Decoder:
     client left stops before its next image instead of decoding the rest for nobody.
     """
 
-    def __init__(self, input_size: int, max_pixels: int, threads: int):
-        self.input_size, self.max_pixels = input_size, max_pixels
+    def __init__(self, input_size: int, max_pixels: int, threads: int, resize: str):
+        self.input_size, self.max_pixels, self.resize = input_size, max_pixels, resize
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     def _opened(self, data: bytes, name: str):
@@ -49,7 +49,7 @@ class Decoder:
 
     def _job(self, job, name: str) -> np.ndarray:
         im = self._opened(job, name) if isinstance(job, bytes) else job
-        return _checked(name, to_input, im, self.input_size)
+        return _checked(name, to_input, im, self.input_size, self.resize)
 
     async def decode(self, images: list[tuple[bytes, str]]) -> list[np.ndarray]:
         """Every (bytes, name) of a request decoded, in order; the first bad one raises its RequestError."""
@@ -57,7 +57,7 @@ class Decoder:
         if sum(len(data) for data, _ in images) <= INLINE_HEADER_BYTES:
             jobs = [(self._opened(data, name), name) for data, name in images]
             if sum(im.width * im.height for im, _ in jobs) <= INLINE_DECODE_PIXELS:
-                return [_checked(name, to_input, im, self.input_size) for im, name in jobs]
+                return [_checked(name, to_input, im, self.input_size, self.resize) for im, name in jobs]
         loop = asyncio.get_running_loop()
         out = []
         for job, name in jobs:

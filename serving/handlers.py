@@ -79,7 +79,7 @@ def info(svc) -> dict[str, Any]:
         "source_checkpoint_sha256": m.source_checkpoint["sha256"],
         "git_commit": m.git_commit, "exported_at": m.exported_at,
         "serving": {"batching": s.batching, "max_batch": svc.max_batch, "threads": s.threads,
-                    "workers": s.workers, "max_upload_bytes": s.max_upload_bytes,
+                    "workers": s.workers, "max_upload_bytes": s.max_upload_bytes, "resize": s.resize,
                     "fast_lane": s.use_fast_lane, "shutdown_delay_s": s.shutdown_delay,
                     "api_keys": bool(s.api_keys)},
     }

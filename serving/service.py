@@ -2,7 +2,8 @@
 
 Configuration is by environment (see README "Serving"): CIFAR10_RUNTIME, CIFAR10_DEVICE,
 CIFAR10_WORKERS, CIFAR10_THREADS, CIFAR10_BATCHING, CIFAR10_MAX_BATCH, CIFAR10_MAX_UPLOAD_MB,
-CIFAR10_MAX_PIXELS, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL, CIFAR10_API_KEYS.
+CIFAR10_MAX_PIXELS, CIFAR10_RESIZE, CIFAR10_ACCESS_LOG, CIFAR10_TRACING, CIFAR10_FAST_LANE, CIFAR10_MODEL,
+CIFAR10_API_KEYS.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class CIFAR10Classifier:
         self.classes: list[str] = list(self.meta.classes)
         self.input_size: int = self.meta.input_size
         # Large uploads decode on its pool, one image per job: memory is bounded by the pool's threads.
-        self.decoder = Decoder(self.input_size, SETTINGS.max_pixels, SETTINGS.threads)
+        self.decoder = Decoder(self.input_size, SETTINGS.max_pixels, SETTINGS.threads, SETTINGS.resize)
         self.backend = load_backend(model_dir, SETTINGS.runtime, SETTINGS.device, SETTINGS.threads)
         # The OOD score's threshold (export/ood.py); None for a model exported before the score existed.
         self.ood_threshold = float(self.meta.ood["threshold"]) if self.meta.ood else None

@@ -267,19 +267,19 @@ def _decode_harness(monkeypatch, threads: int, hold: float = 0.0):
     log = SimpleNamespace(threads=[], running=0, most=0, lock=threading.Lock())
     real = decoding.to_input
 
-    def to_input(im, size):
+    def to_input(im, size, resize):
         with log.lock:
             log.threads.append(threading.get_ident())
             log.running += 1
             log.most = max(log.most, log.running)
         try:
             time.sleep(hold)
-            return real(im, size)
+            return real(im, size, resize)
         finally:
             with log.lock:
                 log.running -= 1
     monkeypatch.setattr(decoding, "to_input", to_input)
-    return decoding, decoding.Decoder(input_size=32, max_pixels=40_000_000, threads=threads), log
+    return decoding, decoding.Decoder(input_size=32, max_pixels=40_000_000, threads=threads, resize="center-crop"), log
 
 
 def test_uploads_with_many_pixels_decode_off_the_event_loop_however_small_the_file(monkeypatch):

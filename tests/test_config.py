@@ -11,6 +11,14 @@ def test_defaults_are_the_design_report_recipe():
     assert cfg.resolved_batch_size(on_cuda=True) == 128
 
 
+def test_the_robust_recipe_is_fast_with_cutout_and_corruptions():
+    robust, fast = TrainConfig.for_recipe("robust").to_dict(), TrainConfig.for_recipe("fast").to_dict()
+    differ = {k for k in robust if robust[k] != fast[k]}
+    assert differ == {"recipe", "cutout", "corrupt_prob"} and (robust["cutout"], robust["corrupt_prob"]) == (8, 0.25)
+    with pytest.raises(ConfigError, match="recipe 'robust' belongs to simplecnn; airbench's recipes are default"):
+        TrainConfig.for_recipe("robust", "airbench")
+
+
 def test_recipe_then_explicit_overrides():
     cfg = TrainConfig.for_recipe("fast", lr=0.05)
     assert cfg.recipe == "fast" and cfg.lr == 0.05

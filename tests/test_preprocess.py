@@ -107,11 +107,13 @@ def test_damaged_files_of_every_format_are_a_400_never_a_crash():
     assert min(outcomes.values()) > 100  # both paths were exercised
 
 
-def test_any_size_is_resized_bilinear():
-    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+def test_any_size_is_resized_bilinear_after_the_default_center_crop():
+    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8))  # 200 wide
     out = decode(encode(im, "PNG"))
     assert out.shape == (32, 32, 3)
-    assert np.array_equal(out, np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR)))
+    assert np.array_equal(out, np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR, box=(0, 50, 200, 250))))
+    squashed = decode(encode(im, "PNG"), resize="squash")
+    assert np.array_equal(squashed, np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR)))
 
 
 @pytest.mark.parametrize("data, code", [
@@ -132,3 +134,38 @@ def test_decompression_bomb_is_refused_from_the_header():
     with pytest.raises(ImageError) as info:
         decode(png_claiming(5000, 5000), max_pixels=1_000_000)
     assert info.value.code == "image_too_large" and "5000x5000" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [(96, 64), (64, 96), (50, 50)])
+def test_the_resize_policies_frame_a_photo_as_they_say(size):
+    from contract.images import PAD_COLOR, RESIZE_POLICIES, prepare
+
+    w, h = size
+    # Left/top half red, right/bottom half blue, a green stripe in the middle third of the long side.
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[..., 0] = 255
+    if w >= h:
+        arr[:, w // 2:] = (0, 0, 255)
+        arr[:, w // 3: 2 * w // 3, 1] = 255
+    else:
+        arr[h // 2:] = (0, 0, 255)
+        arr[h // 3: 2 * h // 3, :, 1] = 255
+    out = {policy: prepare(Image.fromarray(arr), 32, policy) for policy in RESIZE_POLICIES}
+    assert all(o.shape == (32, 32, 3) and o.dtype == np.uint8 for o in out.values())
+    if w == h:  # a square is the same under every policy
+        assert all(np.array_equal(out["squash"], o) for o in out.values())
+        return
+    assert np.array_equal(out["squash"], np.asarray(Image.fromarray(arr).resize((32, 32), Image.Resampling.BILINEAR)))
+    crop = out["center-crop"]
+    # The central square of a 3:2 image is mostly the green stripe's middle: no pure-red corner is left.
+    assert crop[..., 1].mean() > out["squash"][..., 1].mean()
+    pad = out["pad"]
+    band = pad[:4] if w > h else pad[:, :4]  # the padding along the short side
+    assert np.all(np.abs(band.reshape(-1, 3).astype(int) - PAD_COLOR) <= 1) and tuple(pad[0, 0]) == PAD_COLOR
+
+
+def test_an_unknown_resize_policy_is_refused():
+    from contract.images import to_input
+
+    with pytest.raises(ValueError, match="resize must be one of squash, center-crop, pad"):
+        to_input(Image.new("RGB", (40, 30)), 32, "stretch")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import CIFAR10_CLASSES, ROOT, Server, cifar_test_images, encode, png_claiming
+from conftest import CIFAR10_CLASSES, ROOT, Server, cifar_test_images, encode, own_home, png_claiming
 
 pytestmark = pytest.mark.slow
 CLASSES = CIFAR10_CLASSES
@@ -164,6 +164,7 @@ def test_model_info_readyz_livez_metrics(client):
     assert info["classes"] == CLASSES and info["input"]["shape"] == [-1, 32, 32, 3]
     assert info["model"]["runtime"] == "onnx" and info["tag"].startswith("cifar10-simplecnn:")
     assert "test_acc" in info["metrics"]
+    assert info["serving"]["resize"] == "center-crop" and info["ood"]["threshold"] > 0
     assert client.get("/readyz").status_code == 200
     assert client.get("/livez").status_code == 200
     # cifar10_predictions_total counts each classified image under its predicted label, and explanations not.
@@ -349,3 +350,20 @@ def test_cuda_runtime_answers_like_cpu(bento_home, client, runtime):
             assert heat[1].shape == (32, 32) and float(np.abs(heat[0] - heat[1]).max()) < 1e-3
     finally:
         srv.stop()
+
+
+def test_a_non_square_photo_is_framed_by_the_resize_policy(client, bento_home, tmp_path):
+    from contract.images import decode
+
+    rng = np.random.default_rng(5)
+    photo = encode(Image.fromarray(rng.integers(0, 256, (60, 150, 3), dtype=np.uint8)), "PNG")
+    session = ort.InferenceSession(str(bento_home / "artifacts" / "model.onnx"))
+    expected = {p: session.run(["probabilities"], {"image": decode(photo, resize=p)[None]})[0][0]
+                for p in ("center-crop", "squash")}
+    served = post_image(client, photo, "wide.png", "image/png", top_k="10").json()
+    probs = {t["index"]: t["probability"] for t in served["top_k"]}
+    assert max(abs(probs[i] - float(expected["center-crop"][i])) for i in range(10)) < 1e-5
+    assert max(abs(probs[i] - float(expected["squash"][i])) for i in range(10)) > 1e-4  # not squashed
+    with pytest.raises(RuntimeError, match="CIFAR10_RESIZE must be one of squash, center-crop, pad"):
+        Server("serving.service:CIFAR10Classifier", own_home(bento_home, tmp_path), {"CIFAR10_RESIZE": "stretch"},
+               fail_on="CIFAR10_RESIZE must be one of")

@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPE_NAMES), help=f"a recipe of the chosen network ({recipes}). "
                    "simplecnn default: the design report's; fast: SGD-nesterov + OneCycle + label smoothing + "
                    "light augmentation, no dropout + flip TTA; distill: fast plus a teacher's soft labels "
-                   "(needs --teacher). airbench default: its tuned 10-epoch recipe (see docs/training.md)")
+                   "(needs --teacher); robust: fast plus Cutout and noise/blur on a quarter of the images "
+                   "(docs/experiments.md). airbench default: its tuned 10-epoch recipe (see docs/training.md)")
     p.add_argument("--teacher", metavar="CHECKPOINT",
                    help="distillation: a best.pt of any network with the same classes, run frozen on every batch")
     p.add_argument("--distill-weight", type=float, metavar="W",

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from contract.images import DEFAULT_RESIZE, RESIZE_POLICIES
 from contract.schemas import ModelMetadata
 from contract.stages import run_stage
 
@@ -45,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes per row in top_k (default 3, as the service)")
     p.add_argument("--max-pixels", type=int, default=0,
                    help="refuse images above this many pixels, image_too_large (default: the service's, 40 MP)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE,
+                   help=f"how a non-square image is framed, as the service's CIFAR10_RESIZE (default {DEFAULT_RESIZE})")
     p.add_argument("--path-column", default="path", help="Parquet input: the column of image paths (default path)")
     p.add_argument("--image-column", default="image", help="Parquet input: the column of encoded image bytes "
                    "(default image; used instead of the path where both are present)")
@@ -97,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc.filename or args.out.parent}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     options = JobOptions(args.model, args.out, args.runtime, args.address, args.workers, args.threads,
-                         args.batch_size, args.top_k, args.max_pixels, args.overwrite, args.quiet)
+                         args.batch_size, args.top_k, args.max_pixels, args.overwrite, args.quiet, args.resize)
     summary = run(source, options, list(meta.classes))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from contract.atomic import exchange
+from contract.images import DEFAULT_RESIZE
 
 from .inputs import Source
 from .score import Scorer, output_schema
@@ -41,6 +42,7 @@ class JobOptions:
     max_pixels: int = 0  # 0: the service's default
     overwrite: bool = False
     quiet: bool = False
+    resize: str = DEFAULT_RESIZE
 
 
 def run(source: Source, options: JobOptions, classes: list[str]) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def run(source: Source, options: JobOptions, classes: list[str]) -> dict[str, An
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         dataset = _dataset(ray, source, options.batch_size, workers)
         kwargs = {"model_dir": str(options.model_dir), "runtime": options.runtime, "threads": options.threads,
-                  "top_k": options.top_k}
+                  "top_k": options.top_k, "resize": options.resize}
         if options.max_pixels:
             kwargs["max_pixels"] = options.max_pixels
         answers = dataset.map_batches(Scorer, fn_constructor_kwargs=kwargs, batch_size=options.batch_size,
@@ -83,7 +85,7 @@ def run(source: Source, options: JobOptions, classes: list[str]) -> dict[str, An
         summary = tally.summary()
         summary.update({
             "input": str(source.location), "format": source.kind, "output": str(options.out),
-            "model": str(options.model_dir), "runtime": options.runtime,
+            "model": str(options.model_dir), "runtime": options.runtime, "resize": options.resize,
             "engine": f"ray {ray.__version__}", "address": options.address or "local",
             "cpus": cpus, "workers": workers, "threads_per_worker": options.threads, "batch_size": options.batch_size,
             "seconds": round(seconds, 2), "images_per_s": round(summary["images"] / seconds, 1),

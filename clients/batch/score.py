@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from contract.constants import DEFAULT_MAX_PIXELS
-from contract.images import ImageError, decode
+from contract.images import DEFAULT_RESIZE, ImageError, decode
 from contract.onnx_session import onnx_session
 from contract.schemas import ModelMetadata
 
@@ -37,12 +37,13 @@ class Scorer:
     `true_label` column; returns the answer table of output_schema(top_k), one row per input row, in order."""
 
     def __init__(self, model_dir: str, runtime: str = "onnx", threads: int = 1, top_k: int = 3,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, resize: str = DEFAULT_RESIZE):
         meta = ModelMetadata.read(Path(model_dir) / "metadata.json")
         self.classes = list(meta.classes)
         self.size = meta.input_size
         self.top_k = min(top_k, len(self.classes))
         self.max_pixels = max_pixels
+        self.resize = resize
         # One session per worker, sized to the CPUs the engine gave it: ONNX Runtime would otherwise start one
         # thread per core of the machine in every worker.
         self.session = onnx_session(str(Path(model_dir) / GRAPHS[runtime]), threads)
@@ -61,7 +62,7 @@ class Scorer:
         for i in range(n):
             try:
                 raw = data[i] if data[i] is not None else _read(paths[i])
-                pixels.append(decode(raw, self.size, self.max_pixels))
+                pixels.append(decode(raw, self.size, self.max_pixels, self.resize))
                 ok.append(i)
             except ImageError as exc:
                 errors[i] = (exc.code, str(exc))
