@@ -319,7 +319,8 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     fitted = fit_ood(inputs)
     inputs.wrapper = wrapper = fitted.classifier
     meta.ood = fitted.record
-    say(f"  ood score    threshold {fitted.record['threshold']:.3f} (95% of {fitted.record['threshold_images']} "
+    say(f"  ood score    threshold {fitted.record['threshold']:.3f} ({100 * ood.TPR:.0f}% of "
+        f"{fitted.record['threshold_images']} "
         f"held-out images below it); false rejections {100 * fitted.record['false_rejection_rate']:.2f}% of "
         f"{fitted.record['report_images']} test images")
     explainer = ExplainWrapper(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()

@@ -66,7 +66,7 @@ def host_reference(home: Optional[str] = None) -> Reference:
         # The int8 graph answers differently from fp32 (by design): compare like with like. TorchScript matches
         # model.onnx within the export's parity tolerance.
         backend = OnnxInt8Backend if runtime == "onnx-int8" else OnnxBackend
-        probs = backend(model_dir, "cpu", 1)(np.stack([decode(f.read_bytes()) for f in files]))
+        probs, _ = backend(model_dir, "cpu", 1)(np.stack([decode(f.read_bytes()) for f in files]))
         return [(classes[int(p.argmax())], float(p.max())) for p in probs]
     return run
 

@@ -22,8 +22,11 @@ from serving.backends import load_backend  # noqa: E402
 from training.data import DataError, load_split  # noqa: E402
 
 
-def probabilities(backend, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([backend(images[i:i + batch]) for i in range(0, len(images), batch)])
+def outputs(backend, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities [N, C], ood_score [N] or None for an export made before the score)."""
+    parts = [backend(images[i:i + batch]) for i in range(0, len(images), batch)]
+    scores = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    return np.concatenate([p[0] for p in parts]), scores
 
 
 def images_per_second(backend, images: np.ndarray, batch: int, seconds: float) -> float:
@@ -56,13 +59,16 @@ def main() -> int:
     # torch's thread count is per process and each backend sets it: the CPU one last, so it keeps its 8.
     gpu = load_backend(model_dir, "torchscript", args.device, 1)
     cpu = load_backend(model_dir, "torchscript", "cpu", 8)
-    p_cpu, p_gpu = probabilities(cpu, images, 500), probabilities(gpu, images, 500)
+    (p_cpu, ood_cpu), (p_gpu, ood_gpu) = outputs(cpu, images, 500), outputs(gpu, images, 500)
     figures = {
         "images": len(images), "device": gpu.device,
         "top1_agreement": float((p_cpu.argmax(1) == p_gpu.argmax(1)).mean()),
         "max_abs_dprob": float(np.abs(p_cpu - p_gpu).max()),
         "accuracy_cpu": float((p_cpu.argmax(1) == labels).mean()),
         "accuracy_device": float((p_gpu.argmax(1) == labels).mean()),
+        # The out-of-distribution score, relative to its size (export/parity.py's measure).
+        "max_rel_dood": None if ood_cpu is None else
+        float((np.abs(ood_cpu - ood_gpu) / np.maximum(1.0, np.abs(ood_cpu))).max()),
         "device_img_s": {b: round(images_per_second(gpu, images, b, args.seconds)) for b in (1, 16, 256)},
         "cpu_img_s": {b: round(images_per_second(cpu, images, b, args.seconds)) for b in (1, 16, 256)},
     }

@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, cifar_test_images
 
@@ -77,6 +79,13 @@ def test_page_classifies_an_image_and_shows_errors(browser, server, tmp_path):
     error = newest.find_element(By.CSS_SELECTOR, ".error").text
     assert "notes.txt" in error and "not_an_image" in error
     assert not newest.find_elements(By.CSS_SELECTOR, ".bar")
+
+    # An image of no class: the answer's in_distribution false shows as a line under the label.
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise)
+    upload.send_keys(str(noise.resolve()))
+    flagged = _wait_for_results(browser, 3)[0]
+    assert flagged.find_element(By.CSS_SELECTOR, ".ood").text == "probably not one of the ten classes"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "ui.png"
