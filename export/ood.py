@@ -111,9 +111,12 @@ class OODScore(nn.Module):
         return (-probs.max(dim=1).values - self.loc) / self.scale
 
     def forward(self, blocks: List[torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
+        return self.from_stats([channel_stats(b) for b in blocks], probs)
+
+    def from_stats(self, stats: List[torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
         total = self.confidence_term(probs)
         for i, gaussian in enumerate(self.gaussians):
-            total = total + gaussian(channel_stats(blocks[i]))
+            total = total + gaussian(stats[i])
         return total / (len(self.gaussians) + 1)
 
 
@@ -139,17 +142,19 @@ class ScoredClassifier(ImageClassifier):
 
 
 @torch.no_grad()
-def _run(trunk: nn.Module, classifier: ImageClassifier, images: torch.Tensor,
+def _run(trunk: nn.Module, classifier: ImageClassifier, images: torch.Tensor, with_probs: bool = True,
          batch: int = 500) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(per block: channel statistics [N, D] in float64, served probabilities [N, C]) of uint8 images."""
+    """(per block: channel statistics [N, D] in float64, served probabilities [N, C]) of uint8 images. Without
+    `with_probs` the test-time views (6 forward passes for airbench) are skipped and the probabilities are empty."""
     stats: list[list[torch.Tensor]] = []
     probs = []
     for i in range(0, len(images), batch):
         x = classifier.normalize(images[i:i + batch])
         plain, blocks = trunk(x)
         stats.append([channel_stats(b).double() for b in blocks])
-        probs.append(torch.softmax(classifier.views(x, plain) / classifier.temperature, dim=1))
-    return [torch.cat(parts) for parts in zip(*stats, strict=True)], torch.cat(probs)
+        if with_probs:
+            probs.append(torch.softmax(classifier.views(x, plain) / classifier.temperature, dim=1))
+    return [torch.cat(parts) for parts in zip(*stats, strict=True)], torch.cat(probs) if probs else torch.empty(0)
 
 
 def fit_gaussian(stats: torch.Tensor, labels: torch.Tensor, classes: int) -> Gaussian:
@@ -184,7 +189,7 @@ def fit(arch: str, classifier: ImageClassifier, train_images: torch.Tensor, trai
     """Fit the score on `train_images` (means, covariance), standardize it and set the threshold on `held_images`
     (in-distribution images the run did not train on), and measure the false rejections on `report_images`."""
     trunk = TRUNKS[arch](classifier.model).eval()
-    stats, _ = _run(trunk, classifier, train_images)
+    stats, _ = _run(trunk, classifier, train_images, with_probs=False)
     gaussians = [fit_gaussian(s, train_labels, classes) for s in stats]
     held_stats, held_probs = _run(trunk, classifier, held_images)
     for gaussian, s in zip(gaussians, held_stats, strict=True):
@@ -195,7 +200,7 @@ def fit(arch: str, classifier: ImageClassifier, train_images: torch.Tensor, trai
     score = OODScore(gaussians, *_standardize(confidence))
     scored = ScoredClassifier(classifier, trunk, score).eval()
     with torch.no_grad():
-        held = scores(scored, held_images)
+        held = score.from_stats([s.float() for s in held_stats], held_probs)  # as the graph computes it
         threshold = float(torch.quantile(held.double(), TPR))
         reported = scores(scored, report_images)
     record = {
