@@ -60,6 +60,9 @@ def main() -> int:
     p.add_argument("--only", nargs="+", choices=names, help="only these corruptions")
     p.add_argument("--seed", type=int, default=0, help="the image subset's and the corruptions' seed")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--save", action="store_true",
+                   help="also write the figures to MODEL/corruptions.json (benchmarks/model_card.py reads it while the "
+                   "graph is the one measured)")
     args = p.parse_args()
     if not (args.model / "metadata.json").is_file() or not (args.model / "model.onnx").is_file():
         print(f"error: {args.model} is not an export (metadata.json and model.onnx)", file=sys.stderr)
@@ -117,14 +120,18 @@ def main() -> int:
                          ("never seen (weather, digital)", unseen)):
         if value is not None:
             print(f"mean corrupted, {label}: {100 * value:.1f}%, relative drop {100 * drop(value):.1f}%")
-    print(json.dumps({
+    figures = {
         "model": str(args.model), "architecture": meta.architecture, "images": len(images), "seed": args.seed,
+        "model_onnx_sha256": meta.files.get("model.onnx"),
         "clean_acc": clean, "mean_corrupted_acc": overall, "relative_drop": drop(overall),
         "seen_mean_acc": seen, "seen_relative_drop": drop(seen),
         "unseen_mean_acc": unseen, "unseen_relative_drop": drop(unseen),
         "per_corruption": {n: {str(s): a for s, a in r.items()} for n, r in results.items()},
         "seconds": round(seconds, 1),
-    }))
+    }
+    if args.save:
+        (args.model / "corruptions.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures))
     return 0
 
 

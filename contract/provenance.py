@@ -29,3 +29,11 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def changed_files(folder: str | Path, recorded: dict[str, str]) -> list[str]:
+    """The files of `recorded` (name -> sha256, as metadata.json "files" lists them) present in `folder` whose bytes
+    no longer match: a graph edited, truncated or swapped after export. Missing files are left to whoever needs them."""
+    folder = Path(folder)
+    return [name for name, digest in sorted(recorded.items())
+            if (folder / name).is_file() and sha256_file(folder / name) != digest]

@@ -159,6 +159,9 @@ class ModelMetadata:
     ood: Optional[dict[str, Any]] = None
     # Serving defaults measured for this network (e.g. max_batch); CIFAR10_* settings override them.
     serving: dict[str, Any] = field(default_factory=dict)
+    # An ensemble's members (export/ensemble.py): each one's network, checkpoint path and sha256, temperature,
+    # accuracy. None for a single network.
+    members: Optional[list[dict[str, Any]]] = None
 
     @property
     def input_size(self) -> int:

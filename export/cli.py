@@ -16,7 +16,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cifar10-export", description=(
         "Export a training checkpoint to TorchScript and ONNX graphs that take uint8 [N, 32, 32, 3] RGB images "
         "and return logits and probabilities, verified against the checkpoint on real test images."))
-    p.add_argument("--checkpoint", required=True, help="a best.pt (or last.pt) written by the training stage")
+    p.add_argument("--checkpoint", required=True, action="append",
+                   help="a best.pt (or last.pt) written by the training stage; give it several times to export an "
+                   "ensemble as one graph (the members' calibrated probabilities averaged; docs/export.md)")
     p.add_argument("--out", default="artifacts", help="output folder (default ./artifacts)")
     p.add_argument("--data", default=None,
                    help="dataset with the test split for the parity check "
@@ -40,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="seeded training images that calibrate the int8 ranges (default 1000, minimum 1000)")
     p.add_argument("--bentoml", action="store_true",
                    help="also save into the BentoML model store as cifar10-<network> (cifar10-simplecnn, "
-                   "cifar10-airbench)")
+                   "cifar10-airbench, cifar10-residual; an ensemble: cifar10-ensemble)")
     p.add_argument("--quiet", action="store_true", help="print only the result line")
     return p
 
@@ -57,7 +59,8 @@ def check(options: ExportOptions) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    options = ExportOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportOptions)}
+    options = ExportOptions(**{**values, "checkpoint": tuple(values["checkpoint"])})
     say = (lambda *a: None) if options.quiet else print
     out = Path(options.out)
     try:

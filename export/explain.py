@@ -31,8 +31,9 @@ from training.models import AirbenchNet, SimpleCNN
 
 # Where each network is explained (recorded in metadata.json).
 LAYERS = {"simplecnn": "features.2 (third conv block's output: conv-BN-ReLU-max-pool), 128 x 4 x 4",
-          "airbench": "layers.2 (last conv group, after its second GELU), 256 x 3 x 3"}
-METHODS = {"simplecnn": "LayerCAM", "airbench": "Grad-CAM"}
+          "airbench": "layers.2 (last conv group, after its second GELU), 256 x 3 x 3",
+          "residual": "layers.2 (last residual group, after the sum's GELU), 256 x 3 x 3"}
+METHODS = {"simplecnn": "LayerCAM", "airbench": "Grad-CAM", "residual": "Grad-CAM"}
 
 
 def normalize_heat(cam: torch.Tensor, size: int) -> torch.Tensor:
@@ -80,7 +81,8 @@ class AirbenchCam(nn.Module):
         return normalize_heat(cam, self.size), logits
 
 
-CAMS = {"simplecnn": SimpleCNNCam, "airbench": AirbenchCam}
+# The residual network keeps airbench's attributes and head (training/models/residual.py).
+CAMS = {"simplecnn": SimpleCNNCam, "airbench": AirbenchCam, "residual": AirbenchCam}
 
 
 def cam_for(arch: str, model: nn.Module, size: int) -> nn.Module:

@@ -69,7 +69,8 @@ class AirbenchTrunk(nn.Module):
         return m.head(m.pool(x).flatten(1)) * m.logit_scale, blocks
 
 
-TRUNKS = {"simplecnn": SimpleCNNTrunk, "airbench": AirbenchTrunk}
+# The residual network keeps airbench's attributes (training/models/residual.py).
+TRUNKS = {"simplecnn": SimpleCNNTrunk, "airbench": AirbenchTrunk, "residual": AirbenchTrunk}
 
 
 def channel_stats(block: torch.Tensor) -> torch.Tensor:

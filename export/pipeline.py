@@ -35,9 +35,10 @@ from training.data import Split, holdout, load_split, split_order
 from . import ood
 from .calibration import Calibration, calibrate_on, halves, reliability_plot
 from .calibration import calibrate as calibrate_halves
+from .ensemble import EnsembleClassifier, EnsembleExplainWrapper, check_members, members_digest, reference_heat
 from .explain import LAYERS, METHODS, ExplainWrapper, activation_of, at_kink, autograd_cam, cam_for
 from .graphs import export_onnx, export_torchscript, load_torchscript
-from .metadata import build_metadata
+from .metadata import build_metadata, type_name
 from .parity import Runner, compare, explain_report, failures, onnx_runner, run_explain, torch_runner
 from .quantize import count_ops, quantize
 from .wrapper import classifier_from_checkpoint
@@ -55,7 +56,8 @@ class ExportError(Exception):
 class ExportOptions:
     """The command line's choices (export/cli.py), checked there."""
 
-    checkpoint: str
+    # One checkpoint, or several: an ensemble exported as one graph (export/ensemble.py).
+    checkpoint: tuple[str, ...]
     out: str = "artifacts"
     data: Optional[str] = None
     parity_images: int = 2000
@@ -87,12 +89,13 @@ class Inputs:
         return load_split(self.data, "train")
 
 
-def load(options: ExportOptions) -> Inputs:
-    checkpoint = Path(options.checkpoint)
+def load(checkpoint_path: str, data: Optional[str], test: Optional[Split] = None) -> Inputs:
+    """One checkpoint and its classifier; the test split read here unless `test` (already read) is given."""
+    checkpoint = Path(checkpoint_path)
     ckpt = load_checkpoint(checkpoint)
-    data = options.data or os.environ.get("CIFAR10_DATA") or ckpt.config["data"]
+    data = data or os.environ.get("CIFAR10_DATA") or ckpt.config["data"]
     wrapper = classifier_from_checkpoint(ckpt, checkpoint)
-    test = load_split(data, "test")
+    test = test if test is not None else load_split(data, "test")
     if test.classes != list(ckpt.classes):
         raise ExportError(f"the test split of {data} has classes {test.classes}, the checkpoint {ckpt.classes}")
     return Inputs(checkpoint, ckpt, wrapper, data, test)
@@ -181,8 +184,9 @@ def fit_ood(inputs: Inputs) -> ood.Fitted:
         raise ExportError(str(exc)) from None
 
 
-def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opset: int, meta: ModelMetadata) -> None:
-    wrapper, arch = inputs.wrapper, inputs.ckpt.arch
+def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opset: int, meta: ModelMetadata,
+                 method: str) -> None:
+    wrapper = inputs.wrapper
     example = torch.zeros(2, wrapper.image_size, wrapper.image_size, 3, dtype=torch.uint8)
     export_torchscript(wrapper, staging / "model.ts", meta)
     export_onnx(wrapper, staging / "model.onnx", opset, meta, {"image": example},
@@ -192,7 +196,7 @@ def write_graphs(inputs: Inputs, explainer: torch.nn.Module, staging: Path, opse
     export_onnx(explainer, staging / "explain.onnx", opset, meta,
                 {"image": example, "target": torch.full((2,), -1, dtype=torch.int64)},
                 ["heatmap", "probabilities", "ood_score"],
-                f"{meta.model_name} {METHODS[arch]}: uint8 [N,32,32,3] RGB, target int64 [N] "
+                f"{meta.model_name} {method}: uint8 [N,32,32,3] RGB, target int64 [N] "
                 "(-1: top class) -> heatmap [N,32,32] in [0,1], probabilities, ood_score")
 
 
@@ -217,22 +221,38 @@ def check_parity(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray
     return report, failures(report, tolerance)
 
 
-def check_explanation(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray, tolerance: float,
-                      say: Say) -> tuple[dict, list[str], list[int]]:
+def explained_by(members: list[Inputs]) -> tuple[str, str]:
+    """(method, layer) as metadata.json and the report name them: one network's, or each member's for an ensemble."""
+    if len(members) == 1:
+        arch = members[0].ckpt.arch
+        return METHODS[arch], LAYERS[arch]
+    return ("mean of the members' maps: " + ", ".join(METHODS[m.ckpt.arch] for m in members),
+            "; ".join(f"member {i + 1}: {LAYERS[m.ckpt.arch]}" for i, m in enumerate(members)))
+
+
+def check_explanation(members: list[Inputs], staging: Path, onnx: Runner, images: np.ndarray, tolerance: float,
+                      say: Say) -> tuple[dict, list[str], list]:
     """explain.onnx (as the CPU image serves it) against the torch autograd reference, and its probabilities
-    against the classifier's (`onnx`: model.onnx): (report entry, failures, the explained activation's grid)."""
-    arch, wrapper = inputs.ckpt.arch, inputs.wrapper
+    against the classifier's (`onnx`: model.onnx): (report entry, failures, the explained activation's grid, one
+    per member for an ensemble). The reference of an ensemble is its members' autograd maps, averaged and rescaled
+    (export/ensemble.py)."""
     classifier_probs = onnx(images)[1]
-    targets = classifier_probs.argmax(1)
+    targets = torch.from_numpy(classifier_probs.argmax(1))
     heat, probs = run_explain(str(staging / "explain.onnx"), images)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() * wrapper.scale - wrapper.shift  # [N, 3, H, W]
-    with torch.no_grad():
-        explained = activation_of(arch, wrapper.model, x)  # [N, K, h, w]: the layer the heatmap comes from
-    reference = autograd_cam(arch, wrapper.model, x, torch.from_numpy(targets), wrapper.image_size, explained).numpy()
-    kinks = at_kink(arch, wrapper.model, explained).numpy()
-    entry = explain_report(heat, reference, probs, classifier_probs, LAYERS[arch], METHODS[arch], kinks)
+    maps, kinks, grids = [], torch.zeros(len(images), dtype=torch.bool), []
+    for member in members:
+        arch, wrapper = member.ckpt.arch, member.wrapper
+        x = wrapper.normalize(torch.from_numpy(images))  # [N, 3, H, W]
+        with torch.no_grad():
+            explained = activation_of(arch, wrapper.model, x)  # [N, K, h, w]: the layer the heatmap comes from
+        maps.append(autograd_cam(arch, wrapper.model, x, targets, wrapper.image_size, explained))
+        kinks |= at_kink(arch, wrapper.model, explained)
+        grids.append(list(explained.shape[2:]))
+    reference = reference_heat(maps).numpy()
+    method, layer = explained_by(members)
+    entry = explain_report(heat, reference, probs, classifier_probs, layer, method, kinks.numpy())
     say(f"  explain.onnx max|Δheatmap| {entry['max_abs_heatmap_diff']:.2e} against autograd "
-        f"{METHODS[arch]} ({len(images) - int(kinks.sum())} images, {LAYERS[arch].split(' ')[0]}; "
+        f"{method} ({len(images) - int(kinks.sum())} images; "
         f"{int(kinks.sum())} at a ReLU kink left out: {entry['max_abs_heatmap_diff_all']:.2e} with them)")
     bad = []
     # `not x <= tol`, so that a NaN difference fails too.
@@ -240,7 +260,7 @@ def check_explanation(inputs: Inputs, staging: Path, onnx: Runner, images: np.nd
         bad.append(f"explain.onnx: max |Δheatmap| {entry['max_abs_heatmap_diff']:.2e} > {tolerance:.0e}")
     if not entry["max_abs_prob_diff"] <= tolerance:
         bad.append(f"explain.onnx: probabilities differ from model.onnx by {entry['max_abs_prob_diff']:.2e}")
-    return entry, bad, list(explained.shape[2:])
+    return entry, bad, grids[0] if len(members) == 1 else grids
 
 
 def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, cal: CalibrationImages,
@@ -288,12 +308,143 @@ class Result:
     parity_images: int = 0
 
 
+@dataclass
+class Fitted:
+    """One network ready to export: its classifier calibrated and scored (inputs.wrapper), what fitted them."""
+
+    inputs: Inputs
+    cal: Optional[CalibrationImages]
+    calibration: Optional[Calibration]
+    ood: dict
+
+
+def fit_member(inputs: Inputs, options: ExportOptions, say: Say) -> Fitted:
+    """Calibrate the network's probabilities, then fit its OOD score (which reads them); inputs.wrapper becomes the
+    scored classifier."""
+    cal = calibration_images(inputs, options.calibration_images) if options.calibration or options.int8 else None
+    calibration = None
+    if options.calibration:
+        calibration = calibrate(inputs, cal)
+        inputs.wrapper.temperature.fill_(calibration.temperature)
+        say_calibration(calibration.record, say)
+    # After the temperature: the score's confidence term reads the served (calibrated) probabilities.
+    fitted = fit_ood(inputs)
+    inputs.wrapper = fitted.classifier
+    say_ood(fitted.record, say)
+    return Fitted(inputs, cal, calibration, fitted.record)
+
+
+def say_calibration(record: dict, say: Say) -> None:
+    say(f"  calibration  T = {record['temperature']:.4f}: ECE {100 * record['before']['ece']:.2f}% -> "
+        f"{100 * record['after']['ece']:.2f}%, NLL {record['before']['nll']:.4f} -> {record['after']['nll']:.4f} "
+        f"(fit on {record['fit_images']} {record['fit_source']}, reported on {record['report_images']} test images)")
+
+
+def say_ood(record: dict, say: Say) -> None:
+    say(f"  ood score    threshold {record['threshold']:.3f} ({100 * ood.TPR:.0f}% of {record['threshold_images']} "
+        f"held-out images below it); false rejections {100 * record['false_rejection_rate']:.2f}% of "
+        f"{record['report_images']} test images")
+
+
+def load_members(options: ExportOptions) -> list[Inputs]:
+    """The checkpoints, each read once, sharing one test split; several must be distinct and averageable."""
+    paths = [Path(p) for p in options.checkpoint]
+    seen: dict[Path, str] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise ExportError(f"checkpoint {p} is listed twice; an ensemble's members must differ")
+        seen[p.resolve()] = str(p)
+    members: list[Inputs] = []
+    for p in paths:
+        members.append(load(str(p), options.data, members[0].test if members else None))
+    if len(members) > 1:
+        digests = [sha256_file(m.checkpoint) for m in members]
+        twins = [(a, b) for i, a in enumerate(paths) for j, b in enumerate(paths) if i < j and digests[i] == digests[j]]
+        if twins:
+            raise ExportError(f"checkpoints {twins[0][0]} and {twins[0][1]} are the same file's bytes; an ensemble's "
+                              "members must differ")
+        try:
+            check_members([m.ckpt for m in members])
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+    return members
+
+
+def ensemble_of(fitted: list[Fitted], options: ExportOptions, meta: ModelMetadata,
+                say: Say) -> tuple[Fitted, EnsembleClassifier]:
+    """The members averaged in one graph, its own temperature fitted on their mean probability and its OOD threshold
+    on the mean score (a seeded half of the calibration test images fits both, the other half reports)."""
+    ensemble = EnsembleClassifier([f.inputs.wrapper for f in fitted]).eval()
+    first = fitted[0]
+    cal = first.cal if first.cal is not None else calibration_images(first.inputs, options.calibration_images)
+    with torch.no_grad():
+        parts = [ensemble.mean_probs(cal.images[i:i + 500]) for i in range(0, len(cal.images), 500)]
+    probs, scores = torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
+    logits = torch.log(probs.clamp_min(1e-30))
+    cal = CalibrationImages(cal.images, cal.labels, logits)
+    calibration = None
+    if options.calibration:
+        calibration = calibrate_halves(logits, cal.labels)
+        ensemble.temperature.fill_(calibration.temperature)
+        say_calibration(calibration.record, say)
+    fit_half, report_half = halves(len(cal.labels), seed=0)
+    threshold = float(torch.quantile(scores[fit_half].double(), ood.TPR))
+    record = {**first.ood, "score": "mean of the members' ood_score (each standardized on its own held-out images)",
+              "threshold": threshold, "threshold_images": int(len(fit_half)),
+              "threshold_source": "test images (a seeded half; the other half reports)",
+              "report_images": int(len(report_half)),
+              "false_rejection_rate": float((scores[report_half] > threshold).double().mean()),
+              "members": [f.ood for f in fitted]}
+    for key in ("blocks", "statistics_dims", "fit_images"):
+        record.pop(key, None)
+    say_ood(record, say)
+    accuracy = float((logits.argmax(1) == cal.labels).double().mean())
+    say(f"  ensemble     {len(fitted)} members: test accuracy {100 * accuracy:.2f}% on {len(cal.labels)} test images "
+        f"(members: {', '.join(f'{100 * member_accuracy(f, cal.labels):.2f}%' for f in fitted)})")
+    members = []
+    for f in fitted:
+        ck = f.inputs.ckpt
+        members.append({
+            "architecture": type_name(ck.arch), "arch": ck.arch, "recipe": ck.config.get("recipe"),
+            "seed": ck.config.get("seed"), "source_checkpoint": {"path": str(f.inputs.checkpoint.resolve()),
+                                                                 "sha256": sha256_file(f.inputs.checkpoint)},
+            "training_test_acc": (ck.metrics or {}).get("test_acc"),
+            "test_acc": member_accuracy(f, cal.labels), "test_images": int(len(cal.labels)),
+            "temperature": float(f.inputs.wrapper.temperature), "tta_flip": bool(ck.config.get("tta_flip", False)),
+            "tta_translate": int(ck.config.get("tta_translate", 0)),
+            "normalization": {"mean": list(ck.normalization.mean), "std": list(ck.normalization.std)},
+            "git_commit": ck.provenance.get("git_commit"),
+        })
+    meta.model_name = "cifar10-ensemble"
+    meta.architecture = f"Ensemble({', '.join(m['architecture'] for m in members)})"
+    meta.members = members
+    meta.source_checkpoint = {"path": f"{len(members)} members (see members)",
+                              "sha256": members_digest([m["source_checkpoint"]["sha256"] for m in members])}
+    meta.training_config = {"ensemble": [dict(f.inputs.ckpt.config) for f in fitted]}
+    meta.tta_flip = any(m["tta_flip"] for m in members)
+    meta.tta_translate = max(m["tta_translate"] for m in members)
+    meta.metrics = {"test_acc": accuracy, "test_images": int(len(cal.labels)), "best_val_acc": None,
+                    "best_epoch": None, "members_test_acc": [m["test_acc"] for m in members]}
+    if any(m["normalization"] != members[0]["normalization"] for m in members):
+        meta.normalization = {"per_member": [m["normalization"] for m in members]}
+    inputs = Inputs(first.inputs.checkpoint, first.inputs.ckpt, ensemble, first.inputs.data, first.inputs.test)
+    if "train" in first.inputs.__dict__:
+        inputs.__dict__["train"] = first.inputs.train  # decoded once (cached_property)
+    return Fitted(inputs, cal, calibration, record), ensemble
+
+
+def member_accuracy(fitted: Fitted, labels: torch.Tensor) -> float:
+    """A member's accuracy (its own TTA) on the calibration test images, from the logits it was calibrated with."""
+    cal = fitted.cal
+    return float((cal.logits.argmax(1) == labels).double().mean()) if cal is not None else float("nan")
+
+
 def run(options: ExportOptions, say: Say = print) -> Result:
     """The whole export; the output folder changes only when every check passed."""
     out = Path(options.out)
     check_writable(out)  # before the data is decoded, as a user would want to hear it
-    inputs = load(options)
-    ckpt, wrapper = inputs.ckpt, inputs.wrapper
+    members = load_members(options)
+    inputs = members[0]
     n = min(options.parity_images, len(inputs.test))
     pick = seeded_pick(len(inputs.test), n, seed=0)
     images, labels = inputs.test.images[pick].numpy(), inputs.test.labels[pick].numpy()
@@ -302,40 +453,37 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     import onnxruntime
 
     versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    meta = build_metadata(ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit())
+    meta = build_metadata(inputs.ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit())
 
-    # Calibration first: the graphs carry the temperature.
-    cal = calibration_images(inputs, options.calibration_images) if options.calibration or options.int8 else None
-    calibration = None
-    if options.calibration:
-        calibration = calibrate(inputs, cal)
-        wrapper.temperature.fill_(calibration.temperature)
-        # Before the graphs are written, so that their own metadata (ONNX metadata_props, model.ts's extra file)
-        # carries the temperature baked into them.
-        meta.calibration = calibration.record
-        record = calibration.record
-        say(f"  calibration  T = {record['temperature']:.4f}: ECE {100 * record['before']['ece']:.2f}% -> "
-            f"{100 * record['after']['ece']:.2f}%, NLL {record['before']['nll']:.4f} -> {record['after']['nll']:.4f} "
-            f"(fit on {record['fit_images']} {record['fit_source']}, "
-            f"reported on {record['report_images']} test images)")
-    # After the temperature: the score's confidence term reads the served (calibrated) probabilities.
-    fitted = fit_ood(inputs)
-    inputs.wrapper = wrapper = fitted.classifier
-    meta.ood = fitted.record
-    say(f"  ood score    threshold {fitted.record['threshold']:.3f} ({100 * ood.TPR:.0f}% of "
-        f"{fitted.record['threshold_images']} "
-        f"held-out images below it); false rejections {100 * fitted.record['false_rejection_rate']:.2f}% of "
-        f"{fitted.record['report_images']} test images")
-    explainer = ExplainWrapper(wrapper, cam_for(ckpt.arch, wrapper.model, wrapper.image_size)).eval()
+    # Calibration first, then the OOD score: the graphs carry both.
+    fitted = []
+    for i, member in enumerate(members):
+        if len(members) > 1:
+            say(f"  member {i + 1}/{len(members)}: {member.checkpoint} ({type_name(member.ckpt.arch)})")
+        fitted.append(fit_member(member, options, say))
+    if len(fitted) == 1:
+        result = fitted[0]
+        explainer = ExplainWrapper(inputs.wrapper, cam_for(inputs.ckpt.arch, inputs.wrapper.model,
+                                                            inputs.wrapper.image_size)).eval()
+    else:
+        result, ensemble = ensemble_of(fitted, options, meta, say)
+        explainer = EnsembleExplainWrapper(ensemble, [
+            cam_for(m.ckpt.arch, m.wrapper.model, m.wrapper.image_size) for m in members]).eval()
+    inputs, cal, calibration = result.inputs, result.cal, result.calibration
+    # Before the graphs are written, so that their own metadata (ONNX metadata_props, model.ts's extra file)
+    # carries the temperature and threshold baked into them.
+    meta.calibration = calibration.record if calibration is not None else None
+    meta.ood = result.ood
+    method, layer = explained_by(members)
 
     swap = swappable(out)
     staging = staging_folder(out, swap)
     try:
-        write_graphs(inputs, explainer, staging, options.opset, meta)
+        write_graphs(inputs, explainer, staging, options.opset, meta, method)
         onnx = onnx_runner(str(staging / "model.onnx"))  # one session for both checks
         report, bad = check_parity(inputs, staging, onnx, images, labels, options.tolerance, say)
-        report["explanation"], explain_bad, grid = check_explanation(inputs, staging, onnx, images, options.tolerance,
-                                                                      say)
+        report["explanation"], explain_bad, grid = check_explanation(members, staging, onnx, images,
+                                                                      options.tolerance, say)
         bad += explain_bad
         if options.int8 and not bad:
             report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images,
@@ -356,7 +504,7 @@ def run(options: ExportOptions, say: Say = print) -> Result:
                              f"(T fit on {calibration.record['fit_images']} {calibration.record['fit_source']})")
             report["calibration"] = calibration.record
         # The explained activation's grid, which the heatmap is upsampled from.
-        meta.explanation = {"method": METHODS[ckpt.arch], "layer": LAYERS[ckpt.arch], "grid": grid,
+        meta.explanation = {"method": method, "layer": layer, "grid": grid,
                             "onnx": "explain.onnx", "torchscript": "explain.ts",
                             "output": "heatmap [N, H, W] in [0, 1] on the input grid"}
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -445,7 +593,10 @@ def save_to_bentoml(out: Path, meta: ModelMetadata, files: list[str]) -> str:
         raise ExportError("--bentoml needs the bentoml package (pip install 'cifar10-service[serve]')") from None
     with bentoml.models.create(
         meta.model_name,
-        labels={"framework": "onnx+torchscript", "dataset": "cifar10", "architecture": meta.architecture},
+        # Label values allow letters, digits, '-', '_' and '.': an ensemble's "Ensemble(A, B)" is listed in its
+        # metadata instead.
+        labels={"framework": "onnx+torchscript", "dataset": "cifar10",
+                "architecture": "ensemble" if meta.members else meta.architecture},
         metadata={"accuracy": meta.metrics["test_acc"], "classes": meta.classes, "input": meta.input,
                   "tta_flip": meta.tta_flip, "source_sha256": meta.source_checkpoint["sha256"]},
     ) as model_ref:

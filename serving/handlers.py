@@ -76,7 +76,7 @@ def info(svc) -> dict[str, Any]:
         "architecture": m.architecture, "input": m.input, "normalization": m.normalization,
         "tta_flip": m.tta_flip, "tta_translate": m.tta_translate,
         "metrics": m.metrics, "calibration": m.calibration, "explanation": m.explanation, "ood": m.ood,
-        "source_checkpoint_sha256": m.source_checkpoint["sha256"],
+        "source_checkpoint_sha256": m.source_checkpoint["sha256"], "members": m.members,
         "git_commit": m.git_commit, "exported_at": m.exported_at,
         "serving": {"batching": s.batching, "max_batch": svc.max_batch, "threads": s.threads,
                     "workers": s.workers, "max_upload_bytes": s.max_upload_bytes, "resize": s.resize,

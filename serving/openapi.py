@@ -43,7 +43,10 @@ MODEL_INFO = {"type": "object", "description": "classes, input spec, normalizati
               "settings", "additionalProperties": True, "properties": {
                   "model": {"$ref": "#/components/schemas/ModelRef"}, "tag": {"type": "string"},
                   "classes": {"type": "array", "items": {"type": "string"}},
-                  "architecture": {"type": "string", "example": "SimpleCNN"}}}
+                  "architecture": {"type": "string", "example": "SimpleCNN"},
+                  "members": {"type": "array", "nullable": True, "items": {"type": "object"},
+                              "description": "an ensemble's members (network, checkpoint sha256, temperature, "
+                              "accuracy); null for a single network"}}}
 TOP_K = {"type": "integer", "minimum": 1, "default": 3, "description": "classes to return (1 to the class count)"}
 BASE64 = {"type": "string", "format": "byte", "description": "the image file's bytes, base64 (a data: URL works too)"}
 TARGET = {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],

@@ -19,7 +19,7 @@ from contract.schemas import ModelMetadata
 
 from .app import MountedApp
 from .auth import ApiKeys
-from .config import TIMEOUT_S, Settings
+from .config import TIMEOUT_S, Settings, SettingsError
 from .openapi import client_routes
 from .platform.client_schema import SchemaRoutesMiddleware
 
@@ -60,6 +60,13 @@ class CIFAR10Classifier:
         self.settings = SETTINGS
         model_dir = Path(self.model.path)
         self.meta = ModelMetadata.read(model_dir / "metadata.json")
+        from contract.provenance import changed_files
+
+        changed = changed_files(model_dir, self.meta.files)
+        if changed:
+            # An ensemble is one graph: a member swapped or edited after export shows here as a changed graph.
+            raise SettingsError(f"{', '.join(changed)} of model {self.model.tag} no longer match the sha256 that "
+                                "metadata.json recorded at export (changed after export); export the model again")
         self.classes: list[str] = list(self.meta.classes)
         self.input_size: int = self.meta.input_size
         # Large uploads decode on its pool, one image per job: memory is bounded by the pool's threads.

@@ -60,3 +60,39 @@ def test_the_benchmark_prints_a_table_and_json(bento_home):
     contrast = result["per_corruption"]["contrast"]
     assert 0 <= contrast["5"] <= 1 and result["relative_drop"] == pytest.approx(
         1 - result["mean_corrupted_acc"] / result["clean_acc"])
+
+
+def test_the_model_card_measures_each_export_and_reads_only_its_own_corruption_figures(bento_home, tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+
+    export = tmp_path / "simplecnn"
+    shutil.copytree(bento_home / "artifacts", export)
+    bench = [sys.executable, "benchmarks/corruptions.py", str(export), "--data", str(SHARED_CIFAR / "test"),
+             "--images", "40", "--only", "gaussian_noise", "--severities", "1", "--save"]
+    assert subprocess.run(bench, capture_output=True, text=True, cwd=ROOT, timeout=300).returncode == 0
+    saved = json.loads((export / "corruptions.json").read_text())
+    stale = tmp_path / "stale"
+    shutil.copytree(export, stale)
+    (stale / "corruptions.json").write_text(json.dumps({**saved, "model_onnx_sha256": "another graph"}))
+    plot = tmp_path / "card.png"
+    proc = subprocess.run([sys.executable, "benchmarks/model_card.py", str(export), str(stale), "--names", "fresh",
+                           "old", "--data", str(SHARED_CIFAR / "test"), "--images", "60", "--duration", "1",
+                           "--no-int8", "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "req/s c32" in proc.stdout and plot.stat().st_size > 0
+    rows = {(r["name"], r["runtime"]): r for r in json.loads(proc.stdout.strip().splitlines()[-1])["rows"]}
+    assert set(rows) == {("fresh", "onnx"), ("old", "onnx")}  # --no-int8
+    fresh = rows[("fresh", "onnx")]
+    assert fresh["corrupted_acc"] == saved["mean_corrupted_acc"] and "corrupted_acc" not in rows[("old", "onnx")]
+    assert fresh["rps_c1"] > 0 and fresh["rps_c32"] > 0 and fresh["non_200"] == 0 and fresh["training_minutes"] > 0
+    # Its accuracy is the graph's own on the same seeded images.
+    from corruptions import load_test_images
+    meta = json.loads((export / "metadata.json").read_text())
+    images, labels = load_test_images(SHARED_CIFAR / "test", meta["classes"], 60, 0)
+    probs = ort.InferenceSession(str(export / "model.onnx")).run(["probabilities"], {"image": images})[0]
+    assert fresh["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    bad = subprocess.run([sys.executable, "benchmarks/model_card.py", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "is not an export" in bad.stderr and "Traceback" not in bad.stderr

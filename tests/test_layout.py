@@ -169,7 +169,12 @@ def test_the_model_files_import_only_torch():
     for path in (ROOT / "training" / "models").glob("*.py"):
         if path.name == "__init__.py":
             continue
-        tops = {m.split(".")[0] for m, _ in imports(path)} - {"__future__", "math", "typing", "dataclasses"}
+        found = {m for m, _ in imports(path)}
+        # A model file may build on a sibling model file (residual.py on airbench.py's layers): each is held to this
+        # same rule, so the network still needs nothing but torch.
+        siblings = {m for m in found if m.startswith("training.models.")}
+        assert all((ROOT / "training" / "models" / f"{m.split('.')[2]}.py").is_file() for m in siblings), siblings
+        tops = {m.split(".")[0] for m in found - siblings} - {"__future__", "math", "typing", "dataclasses"}
         assert tops <= {"torch"}, (path.name, tops)
 
 

@@ -26,7 +26,7 @@ from .train import RunOptions, train
 # and (for the step schedule, which does not depend on the run length) how many epochs to run in all.
 RESUME_OVERRIDABLE = PLACEMENT_FIELDS | {"epochs"}
 # Flags about how to run, not what to train: never part of the TrainConfig.
-RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout"}
+RUN_FLAGS = {"download", "resume", "eval_only", "cache_dir", "quiet", "threads", "dist_timeout", "track", "track_uri"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", default=False,
                    help="download CIFAR-10 into --data when it is not there")
     p.add_argument("--model", choices=list(MODELS),
-                   help="the network: simplecnn (the design report's, default) or airbench (airbench94's "
-                   "whitened conv net, about 10x the compute); alone, it trains with that network's own recipe")
+                   help="the network: simplecnn (the design report's, default), airbench (airbench94's "
+                   "whitened conv net, about 10x the compute) or residual (airbench96's residual conv groups, "
+                   "about 1.4x airbench); alone, it trains with that network's own recipe")
     recipes = "; ".join(f"{m}: {', '.join(r)}" for m, r in RECIPES.items())
     p.add_argument("--recipe", choices=list(RECIPE_NAMES), help=f"a recipe of the chosen network ({recipes}). "
                    "simplecnn default: the design report's; fast: SGD-nesterov + OneCycle + label smoothing + "
@@ -77,6 +78,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     a.add_argument("--mix-prob", type=float, metavar="P", help="share of batches MixUp/CutMix mixes (default 1)")
     a.add_argument("--corrupt-prob", type=float, metavar="P",
                    help="corruption-style augmentation: Gaussian noise or blur on each image with probability P")
+    a.add_argument("--drop-path", type=float, metavar="P",
+                   help="residual network: stochastic depth, each image skips the last group's residual branch with "
+                   "probability P (earlier groups linearly less)")
+    a.add_argument("--dropblock", type=float, metavar="P",
+                   help="residual network: DropBlock, about P of the first two groups' positions dropped in blocks")
+    a.add_argument("--dropblock-size", type=int, metavar="PX", help="DropBlock's block side (default 3)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
     p.add_argument("--tta-translate", type=int, metavar="PX",
@@ -109,6 +116,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where decoded datasets are cached (default $CIFAR10_CACHE_DIR or ~/.cache/cifar10-service)")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars or per-epoch lines")
+    p.add_argument("--track", choices=["tensorboard", "mlflow"], default=None,
+                   help="also log the config, per-epoch metrics and best.pt's provenance to TensorBoard or MLflow "
+                   "(the [track] extra; docs/training.md)")
+    p.add_argument("--track-uri", metavar="URI", default=None,
+                   help="tensorboard: the log folder (default CHECKPOINT_DIR/tensorboard); mlflow: the tracking URI "
+                   "(default $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     d = p.add_argument_group("multi-process training (start with torchrun, e.g. "
                              "torchrun --nproc_per_node=2 -m training)")
     d.add_argument("--sync-bn", action="store_true", help="synchronize BatchNorm statistics across processes "
@@ -179,8 +192,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     if not 0 < args.dist_timeout < 10**6:  # also refuses nan and inf, which timedelta cannot hold
         raise ConfigError(f"--dist-timeout must be a positive number of seconds below 1,000,000, "
                           f"got {args.dist_timeout}")
+    if args.track_uri and not args.track:
+        raise ConfigError("--track-uri says where --track logs: give --track tensorboard or --track mlflow too")
     opts = RunOptions(download=args.download, cache_dir=args.cache_dir, quiet=args.quiet, threads=args.threads,
-                      dist_timeout=args.dist_timeout, resume_path=args.resume)
+                      dist_timeout=args.dist_timeout, resume_path=args.resume, track=args.track,
+                      track_uri=args.track_uri)
     if args.resume:
         opts.resume = load_checkpoint(args.resume)
         if opts.resume.resume is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 # The networks of training/models (kept as names here so that the config imports no torch).
-MODELS = ("simplecnn", "airbench")
+MODELS = ("simplecnn", "airbench", "residual")
 CHOICES = {
     "model": MODELS,
     "optimizer": ("adam", "sgd"),
@@ -69,6 +69,12 @@ class TrainConfig:
     bias_lr_scale: float = 1.0
     label_smoothing: float = 0.0
     dropout: float = 0.5  # SimpleCNN's only
+    # The residual network's regularizers (training/models/residual.py; identity at inference): stochastic depth's
+    # drop probability of the last group's residual branch (earlier groups: linearly less), and DropBlock's share
+    # of dropped positions with its block side in pixels.
+    drop_path: float = 0.0
+    dropblock: float = 0.0
+    dropblock_size: int = 3
     # Random crop: `crop_padding` pixels of zeros ("zeros", the report's) or of mirrored image ("reflect").
     crop_padding: int = 4
     pad_mode: str = "zeros"
@@ -169,6 +175,18 @@ SIMPLECNN_FAST: dict[str, Any] = {
         "dropout": 0.0,
         "tta_flip": True,
 }
+# airbench94's recipe (docs/training.md): its batch-size-decoupled hyper-parameters (lr 11.5 and weight
+# decay 0.0153 per 1024 images, Nesterov momentum 0.85, loss summed over the batch) written as the
+# mean-loss SGD values for batch 512: lr = 11.5 * 512 / (1024 * (1 + 1 / 0.15)) = 0.75 and weight decay
+# 0.0153 / 11.5. Its triangular schedule (0.2 -> 1 at 23% -> 0.07 of the peak) is OneCycle below.
+AIRBENCH: dict[str, Any] = {
+    "epochs": 10, "batch_size": 512, "optimizer": "sgd", "lr": 0.75, "momentum": 0.85, "nesterov": True,
+    "weight_decay": 0.0153 / 11.5, "schedule": "onecycle", "warmup_frac": 0.23, "div_factor": 5.0,
+    "final_div_factor": 0.2 / 0.07, "bias_lr_scale": 64.0, "label_smoothing": 0.2, "dropout": 0.0,
+    "crop_padding": 2, "pad_mode": "reflect", "alternate_flip": True, "tta_flip": True,
+    "tta_translate": 1, "lookahead_every": 5, "lookahead_start_epoch": 4, "whiten_bias_epochs": 3,
+    "keep": "last", "val_every": 5,
+}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "simplecnn": {
         "default": {},
@@ -179,20 +197,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # accuracy as `fast` on the same day (84.94% against 84.95%), a smaller drop under CIFAR-10-C's corruptions.
         "robust": {**SIMPLECNN_FAST, "cutout": 8, "corrupt_prob": 0.25},
     },
-    # airbench94's recipe (docs/training.md): its batch-size-decoupled hyper-parameters (lr 11.5 and weight
-    # decay 0.0153 per 1024 images, Nesterov momentum 0.85, loss summed over the batch) written as the
-    # mean-loss SGD values for batch 512: lr = 11.5 * 512 / (1024 * (1 + 1 / 0.15)) = 0.75 and weight decay
-    # 0.0153 / 11.5. Its triangular schedule (0.2 -> 1 at 23% -> 0.07 of the peak) is OneCycle below.
-    "airbench": {
-        "default": {
-            "epochs": 10, "batch_size": 512, "optimizer": "sgd", "lr": 0.75, "momentum": 0.85, "nesterov": True,
-            "weight_decay": 0.0153 / 11.5, "schedule": "onecycle", "warmup_frac": 0.23, "div_factor": 5.0,
-            "final_div_factor": 0.2 / 0.07, "bias_lr_scale": 64.0, "label_smoothing": 0.2, "dropout": 0.0,
-            "crop_padding": 2, "pad_mode": "reflect", "alternate_flip": True, "tta_flip": True,
-            "tta_translate": 1, "lookahead_every": 5, "lookahead_start_epoch": 4, "whiten_bias_epochs": 3,
-            "keep": "last", "val_every": 5,
-        },
-    },
+    "airbench": {"default": AIRBENCH},
+    # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is, until runs of its
+    # own choose one (docs/training.md, "Networks").
+    "residual": {"default": dict(AIRBENCH)},
 }
 RECIPE_NAMES = tuple(dict.fromkeys(name for recipes in RECIPES.values() for name in recipes))
 
@@ -266,6 +274,14 @@ def validate(cfg: TrainConfig) -> None:
                           "use one of them")
     if cfg.model != "simplecnn" and cfg.dropout:
         raise ConfigError(f"--dropout is SimpleCNN's; {cfg.model} has no dropout layer")
+    for name, flag in (("drop_path", "--drop-path"), ("dropblock", "--dropblock")):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ConfigError(f"{flag} is a probability and must be in [0, 1), got {getattr(cfg, name)}")
+        if getattr(cfg, name) and cfg.model != "residual":
+            raise ConfigError(f"{flag} regularizes the residual network's groups; {cfg.model} has no place for it "
+                              "(use --model residual)")
+    if not 1 <= cfg.dropblock_size <= 15:
+        raise ConfigError(f"--dropblock-size is a block's side in pixels, from 1 to 15, got {cfg.dropblock_size}")
     if cfg.tta_translate and not cfg.tta_flip:
         raise ConfigError("--tta-translate averages mirrored views too: it needs --tta-flip")
     if cfg.tta_translate > 4:

@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m training.sweep", allow_abbrev=False,
                 description="Train one model per (learning rate, batch size) and compare them. Any other flag "
                 "is passed to every run (see python -m training --help), e.g. --epochs, --recipe, --data, "
-                "--limit-train, --quiet.")
+                "--limit-train, --quiet, --track (one tracked run per cell).")
     p.add_argument("--lr", type=float, nargs="+", required=True, metavar="LR", help="learning rates to try")
     p.add_argument("--batch-size", type=int, nargs="+", required=True, metavar="N",
                    help="batch sizes to try (per process, as in training)")

@@ -18,7 +18,7 @@ from contract.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE
 from contract.provenance import git_commit, sha256_file
 from contract.schemas import Checkpoint, Normalization, ResumeState
 
-from . import distributed, models, report, streams
+from . import distributed, models, report, streams, tracking
 from .augment import normalize
 from .checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -41,6 +41,8 @@ class RunOptions:
     dist_timeout: float = 600.0
     resume: Optional[Checkpoint] = None  # the last.pt to continue from
     resume_path: Optional[str] = None
+    track: Optional[str] = None  # "tensorboard" or "mlflow" (training/tracking.py)
+    track_uri: Optional[str] = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Run:
     start_epoch: int = 1
     train_seconds: float = 0.0
     rng: Optional[streams.Streams] = None  # order, augmentation (and, globally, dropout) randomness
+    tracker: Optional[tracking.Tracker] = None  # rank 0 with --track only
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -112,9 +115,20 @@ def train(cfg: TrainConfig, opts: RunOptions, info: DistInfo = DistInfo()) -> in
     device = distributed.rank_device(device, info)
     with cuda_kernels(device, cfg.deterministic), distributed.process_group(info, device, opts.dist_timeout):
         run = start_run(cfg, opts, info, device, amp)
-        if not run_epochs(run):
-            return 130
-        return finish(run)
+        status = "FAILED"
+        try:
+            if opts.track and info.is_main:
+                run.tracker = tracking.open_tracker(opts.track, opts.track_uri, run.out_dir, run.header,
+                                                    run.start_epoch)
+            if not run_epochs(run):
+                status = "KILLED"
+                return 130
+            code = finish(run)
+            status = "FINISHED"
+            return code
+        finally:
+            if run.tracker is not None:
+                run.tracker.close(status)
 
 
 def _load_data(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> tuple[Split, Split, Split, str]:
@@ -170,7 +184,8 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
 
     teacher, teacher_info = load_teacher(cfg, train_set, device)
     torch.manual_seed(cfg.seed)
-    args = models.model_args(cfg.model, len(train_set.classes), cfg.dropout)
+    args = models.model_args(cfg.model, len(train_set.classes), cfg.dropout, cfg.drop_path, cfg.dropblock,
+                             cfg.dropblock_size)
     model = models.create(cfg.model, **args)
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     if opts.resume is None:
@@ -371,6 +386,8 @@ def _record_epoch(run: Run, epoch: int, lr: float, stats: dict, val: Optional[di
     save_last(run, epoch)
     if run.info.is_main:
         report.write_history(run.out_dir, run.history)
+    if run.tracker is not None:
+        run.tracker.epoch(run.history[-1])
     shown = f"val loss {val['loss']:.4f} acc {100 * val['acc']:6.2f}%" if val else "(not validated)"
     run.say(f"epoch {epoch:3d}/{run.cfg.epochs}  train loss {stats['loss']:.4f} acc {100 * stats['acc']:6.2f}%  "
             f"| {shown}  | lr {lr:.2e}  {stats['seconds']:5.1f}s {stats['img_s']:,.0f} img/s"
@@ -409,6 +426,11 @@ def finish(run: Run) -> int:
     report.plot_confusion(run.out_dir, test["confusion"], classes,
                           f"best.pt (epoch {best['epoch']}) on the test split: {100 * test['acc']:.2f}%")
     report.write_results(run.out_dir, summary, per_class)
+    if run.tracker is not None:
+        best_pt = run.out_dir / "best.pt"
+        run.tracker.finish(metrics, summary, {"path": str(best_pt.resolve()), "sha256": sha256_file(best_pt),
+                                              "epoch": best["epoch"], "arch": run.cfg.model,
+                                              "provenance": run.header["provenance"]}, run.out_dir)
     chosen = (f"best validation accuracy {100 * best['val_acc']:.2f}% (epoch {best['epoch']})" if run.cfg.keep == "best"
               else f"final epoch {best['epoch']} kept (validation {100 * best['val_acc']:.2f}% without TTA)")
     print(f"done: {chosen}, test accuracy of best.pt {100 * test['acc']:.2f}%{report.tta_name(summary)} | "

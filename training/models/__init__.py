@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from .airbench import AirbenchNet
+from .residual import ResidualNet
 from .simplecnn import SimpleCNN
 
 # name -> class; a checkpoint records the name ("arch") and the keyword arguments ("model_args").
-MODELS: dict[str, type[nn.Module]] = {"simplecnn": SimpleCNN, "airbench": AirbenchNet}
+MODELS: dict[str, type[nn.Module]] = {"simplecnn": SimpleCNN, "airbench": AirbenchNet, "residual": ResidualNet}
 
 
 def create(arch: str, **model_args: Any) -> nn.Module:
@@ -21,10 +22,14 @@ def create(arch: str, **model_args: Any) -> nn.Module:
     return MODELS[arch](**model_args)
 
 
-def model_args(arch: str, num_classes: int, dropout: float) -> dict[str, Any]:
+def model_args(arch: str, num_classes: int, dropout: float, drop_path: float = 0.0, dropblock: float = 0.0,
+               dropblock_size: int = 3) -> dict[str, Any]:
     """The keyword arguments a run builds its network with (and stores in its checkpoints)."""
     if arch == "simplecnn":
         return {"num_classes": num_classes, "dropout": dropout}
+    if arch == "residual":
+        return {"num_classes": num_classes, "drop_path": drop_path, "dropblock": dropblock,
+                "dropblock_size": dropblock_size}
     return {"num_classes": num_classes}
 
 
