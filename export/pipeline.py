@@ -309,8 +309,8 @@ class Result:
 
 
 @dataclass
-class Fitted:
-    """One network ready to export: its classifier calibrated and scored (inputs.wrapper), what fitted them."""
+class Prepared:
+    """A graph ready to export: its classifier calibrated and scored (inputs.wrapper), and what fitted them."""
 
     inputs: Inputs
     cal: Optional[CalibrationImages]
@@ -318,7 +318,7 @@ class Fitted:
     ood: dict
 
 
-def fit_member(inputs: Inputs, options: ExportOptions, say: Say) -> Fitted:
+def fit_member(inputs: Inputs, options: ExportOptions, say: Say) -> Prepared:
     """Calibrate the network's probabilities, then fit its OOD score (which reads them); inputs.wrapper becomes the
     scored classifier."""
     cal = calibration_images(inputs, options.calibration_images) if options.calibration or options.int8 else None
@@ -331,7 +331,7 @@ def fit_member(inputs: Inputs, options: ExportOptions, say: Say) -> Fitted:
     fitted = fit_ood(inputs)
     inputs.wrapper = fitted.classifier
     say_ood(fitted.record, say)
-    return Fitted(inputs, cal, calibration, fitted.record)
+    return Prepared(inputs, cal, calibration, fitted.record)
 
 
 def say_calibration(record: dict, say: Say) -> None:
@@ -370,8 +370,8 @@ def load_members(options: ExportOptions) -> list[Inputs]:
     return members
 
 
-def ensemble_of(fitted: list[Fitted], options: ExportOptions, meta: ModelMetadata,
-                say: Say) -> tuple[Fitted, EnsembleClassifier]:
+def ensemble_of(fitted: list[Prepared], options: ExportOptions, meta: ModelMetadata,
+                say: Say) -> tuple[Prepared, EnsembleClassifier]:
     """The members averaged in one graph, its own temperature fitted on their mean probability and its OOD threshold
     on the mean score (a seeded half of the calibration test images fits both, the other half reports)."""
     ensemble = EnsembleClassifier([f.inputs.wrapper for f in fitted]).eval()
@@ -389,14 +389,16 @@ def ensemble_of(fitted: list[Fitted], options: ExportOptions, meta: ModelMetadat
         say_calibration(calibration.record, say)
     fit_half, report_half = halves(len(cal.labels), seed=0)
     threshold = float(torch.quantile(scores[fit_half].double(), ood.TPR))
-    record = {**first.ood, "score": "mean of the members' ood_score (each standardized on its own held-out images)",
-              "threshold": threshold, "threshold_images": int(len(fit_half)),
-              "threshold_source": "test images (a seeded half; the other half reports)",
-              "report_images": int(len(report_half)),
-              "false_rejection_rate": float((scores[report_half] > threshold).double().mean()),
-              "members": [f.ood for f in fitted]}
-    for key in ("blocks", "statistics_dims", "fit_images"):
-        record.pop(key, None)
+    record = {
+        "score": "mean of the members' ood_score (each standardized on its own held-out images; export/ood.py)",
+        "higher_means": "less like the training images", "threshold": threshold, "true_positive_rate": ood.TPR,
+        "threshold_images": int(len(fit_half)),
+        "threshold_source": "test images (a seeded half; the other half reports)",
+        "report_images": int(len(report_half)),
+        "false_rejection_rate": float((scores[report_half] > threshold).double().mean()),
+        "members": [f.ood for f in fitted],
+        "method": "export/ensemble.py; benchmarks/ood.py measures AUROC and FPR at 95% TPR",
+    }
     say_ood(record, say)
     accuracy = float((logits.argmax(1) == cal.labels).double().mean())
     say(f"  ensemble     {len(fitted)} members: test accuracy {100 * accuracy:.2f}% on {len(cal.labels)} test images "
@@ -430,10 +432,10 @@ def ensemble_of(fitted: list[Fitted], options: ExportOptions, meta: ModelMetadat
     inputs = Inputs(first.inputs.checkpoint, first.inputs.ckpt, ensemble, first.inputs.data, first.inputs.test)
     if "train" in first.inputs.__dict__:
         inputs.__dict__["train"] = first.inputs.train  # decoded once (cached_property)
-    return Fitted(inputs, cal, calibration, record), ensemble
+    return Prepared(inputs, cal, calibration, record), ensemble
 
 
-def member_accuracy(fitted: Fitted, labels: torch.Tensor) -> float:
+def member_accuracy(fitted: Prepared, labels: torch.Tensor) -> float:
     """A member's accuracy (its own TTA) on the calibration test images, from the logits it was calibrated with."""
     cal = fitted.cal
     return float((cal.logits.argmax(1) == labels).double().mean()) if cal is not None else float("nan")

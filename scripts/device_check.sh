@@ -52,8 +52,10 @@ step env 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,m
     torch.cuda.is_available() and torch.cuda.is_bf16_supported()); print(\"onnxruntime\", ort.__version__, \
     ort.get_available_providers())'"
 
-# Alone, so that their images/s are the GPU's: airbench's recipe (the teacher below), SimpleCNN's two recipes.
+# Alone, so that their images/s are the GPU's: airbench's recipe (the teacher below), the residual network's (two
+# seeds with the one below: its accuracy on a GPU schedule, issue 31), SimpleCNN's two recipes.
 train air-s0 140 --model airbench --seed 0
+train res-s0 140 --model residual --seed 0
 train simplecnn-default 60 --epochs 2
 train simplecnn-fast 60 --recipe fast --epochs 2
 
@@ -61,6 +63,7 @@ train simplecnn-fast 60 --recipe fast --epochs 2
 # SimpleCNN (two seeds), and the second seed of the longer distillation (40 epochs gave 86.91% on 2026-11-29).
 pids=()
 train air-s1 240 --model airbench --seed 1 --threads 2 & pids+=($!)
+train res-s1 240 --model residual --seed 1 --threads 2 & pids+=($!)
 if [ -f "$work/air-s0/best.pt" ]; then
     train distill-s0 240 --recipe distill --teacher "$work/air-s0/best.pt" --seed 0 --threads 2 & pids+=($!)
     train distill-s1 240 --recipe distill --teacher "$work/air-s0/best.pt" --seed 1 --threads 2 & pids+=($!)
@@ -77,7 +80,7 @@ fi
 # bit pass --deterministic), the DDP tests (kept on gloo), and the service's CUDA tests against a real
 # `bentoml serve` (TorchScript runtime; /classify and /explain).
 tests=(tests/test_model.py tests/test_streams.py tests/test_runtime.py tests/test_training.py tests/test_airbench.py
-       tests/test_sweep.py tests/test_distributed.py)
+       tests/test_residual.py tests/test_sweep.py tests/test_distributed.py)
 [ "$quick" = 1 ] && tests=()
 skip=()  # two tests run the cifar10-train console script, which only an install of the project puts there
 [ -x "$(dirname "$(command -v "$py")")/cifar10-train" ] || skip=(
