@@ -38,20 +38,9 @@ from serve_load import bodies, hey  # noqa: E402
 
 from contract.onnx_session import onnx_session  # noqa: E402
 from contract.schemas import ModelMetadata, SchemaError  # noqa: E402
+from export.calibration import ece  # noqa: E402
 
 RUNTIMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-BINS = 15
-
-
-def ece(probs: np.ndarray, labels: np.ndarray) -> float:
-    confidence, correct = probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, BINS + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total)
 
 
 def offline(graph: Path, images: np.ndarray, labels: np.ndarray, threads: int) -> dict[str, float]:

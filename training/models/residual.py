@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .airbench import AirbenchNet, BatchNormShiftOnly, DiracConv
+from .airbench import AirbenchNet, BatchNormShiftOnly, ConvGroup, DiracConv
 
 
 def drop_path(branch: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -55,17 +55,13 @@ def drop_block(x: torch.Tensor, p: float, size: int, training: bool) -> torch.Te
     return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
 
 
-class ResidualGroup(nn.Module):
+class ResidualGroup(ConvGroup):
+    """airbench's group (conv1, pool, norm1, conv2, norm2) with a third conv and BatchNorm closing a residual branch."""
+
     def __init__(self, c_in: int, c_out: int, bn_momentum: float, drop_path: float = 0.0):
-        super().__init__()
-        self.conv1 = DiracConv(c_in, c_out)
-        self.pool = nn.MaxPool2d(2)
-        self.norm1 = BatchNormShiftOnly(c_out, bn_momentum)
-        self.conv2 = DiracConv(c_out, c_out)
-        self.norm2 = BatchNormShiftOnly(c_out, bn_momentum)
+        super().__init__(c_in, c_out, bn_momentum)
         self.conv3 = DiracConv(c_out, c_out)
         self.norm3 = BatchNormShiftOnly(c_out, bn_momentum)
-        self.activ = nn.GELU()
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
