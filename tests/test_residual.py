@@ -1,16 +1,11 @@
-"""The residual network (training/models/residual.py): shapes, parameters, its two regularizers, and a brief run through
-training, export (fp32, int8, TorchScript, explanation, calibration, OOD score), the service and distillation."""
+"""The residual network (training/models/residual.py): shapes, parameters, its two regularizers, a brief run and
+distillation from it (its export and service: tests/test_ensemble.py)."""
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, Server, cifar_test_images, run_training
+from conftest import run_training
 from training.checkpoint import load_checkpoint
 from training.models import ResidualNet, create
 from training.models.residual import drop_block, drop_path
@@ -89,12 +84,17 @@ def test_dropblock_drops_square_blocks_at_about_its_rate_and_is_the_identity_at_
     (["--dropblock", "0.1"], "--dropblock regularizes the residual network's groups; simplecnn has no place"),
     (["--model", "residual", "--drop-path", "1"], "--drop-path is a probability and must be in [0, 1)"),
     (["--model", "residual", "--dropblock-size", "0"], "--dropblock-size is a block's side in pixels"),
-    (["--model", "resnet50"], "invalid choice: 'resnet50'"),
 ])
 def test_bad_regularizer_flags_are_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "training", *argv, "--checkpoint-dir", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert run_training(*argv, "--checkpoint-dir", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_unknown_network_is_refused_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_training("--model", "resnet50")
+    assert exited.value.code == 2 and "invalid choice: 'resnet50'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -108,49 +108,12 @@ def residual_run(real_subset, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def residual_home(residual_run, real_subset, tmp_path_factory):
-    """cifar10-residual:latest in a BENTOML_HOME, exported on the real subset (int8 is tested on SimpleCNN and on the
-    ensemble of tests/test_ensemble.py, whose second member is a residual network)."""
-    home = tmp_path_factory.mktemp("bentoml-residual")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    proc = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(residual_run / "best.pt"), "--out",
-                           str(home / "artifacts"), "--data", str(real_subset), "--no-int8", "--bentoml"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "saved to the BentoML model store as cifar10-residual:" in proc.stdout
-    return home
-
-
-def test_a_brief_run_stores_its_regularizers_and_exports_every_graph(residual_run, residual_home):
+def test_a_brief_run_stores_its_regularizers(residual_run):
+    # Its export (every graph, Grad-CAM, OOD score, int8) and service are tested as a member of the ensemble in
+    # tests/test_ensemble.py, whose graphs run it whole; the airbench path it shares is tests/test_airbench.py's.
     ckpt = load_checkpoint(residual_run / "best.pt")
     assert ckpt.arch == "residual" and ckpt.config["epochs"] == 2
     assert ckpt.model_args == {"num_classes": 10, "drop_path": 0.1, "dropblock": 0.1, "dropblock_size": 3}
-    art = residual_home / "artifacts"
-    report = json.loads((art / "export_report.json").read_text())
-    assert report["passed"] and report["explanation"]["method"] == "Grad-CAM"
-    for name in ("torchscript", "onnxruntime"):
-        assert report["artifacts"][name]["max_abs_logit_diff"] <= 1e-4
-    meta = json.loads((art / "metadata.json").read_text())
-    assert meta["architecture"] == "ResidualNet" and meta["model_name"] == "cifar10-residual"
-    assert meta["tta_flip"] and meta["ood"]["threshold"] > 0 and meta["calibration"]["temperature"] > 0
-    assert {"model.onnx", "model.ts", "explain.onnx", "explain.ts"} <= set(meta["files"])
-
-
-def test_the_service_answers_and_explains_with_the_residual_network(residual_home):
-    import httpx
-
-    srv = Server("serving.service:CIFAR10Classifier", residual_home, {"CIFAR10_MODEL": "cifar10-residual:latest"})
-    try:
-        path = cifar_test_images(1)[3]
-        files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
-        body = httpx.post(f"{srv.url}/classify", files=files).json()
-        assert body["model"]["name"] == "cifar10-residual" and set(body) >= {"label", "ood_score", "in_distribution"}
-        assert httpx.get(f"{srv.url}/model_info").json()["architecture"] == "ResidualNet"
-        explained = httpx.post(f"{srv.url}/explain", files=files)
-        assert explained.status_code == 200 and explained.json()["label"] == body["label"]
-    finally:
-        srv.stop()
 
 
 def test_the_residual_network_teaches_simplecnn(residual_run, real_subset, tmp_path):
