@@ -8,6 +8,7 @@ import struct
 import sys
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -104,6 +105,22 @@ def run_training(*argv: str) -> int:
 
     extra = [] if "--eval-only" in argv else ["--deterministic"]
     return main(get_args_parser().parse_args([*argv, *extra]))
+
+
+def interrupt_after(monkeypatch, epoch: int) -> Callable[[], None]:
+    """Make training raise KeyboardInterrupt (Ctrl-C) once `epoch` is recorded (last.pt written); returns the
+    function that puts the real epoch recorder back."""
+    from training import train as training_train
+
+    real_record = training_train._record_epoch
+
+    def stop(run, done, *args):
+        real_record(run, done, *args)
+        if done == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_train, "_record_epoch", stop)
+    return lambda: monkeypatch.setattr(training_train, "_record_epoch", real_record)
 
 
 @pytest.fixture(scope="session")

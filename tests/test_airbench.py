@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, Server, cifar_test_images, run_training
-from training import train as training_train
+from conftest import ROOT, Server, cifar_test_images, interrupt_after, run_training
 from training.checkpoint import load_checkpoint
 from training.engine import tta_logits
 from training.models import AirbenchNet
@@ -97,16 +96,9 @@ def test_resume_after_an_interrupt_reaches_the_uninterrupted_result(real_subset,
     base = ["--model", "airbench", "--data", str(real_subset), "--limit-train", "128", "--batch-size", "64",
             "--epochs", "8", "--quiet"]
     assert run_training(*base, "--checkpoint-dir", str(tmp_path / "whole")) == 0
-    real_record = training_train._record_epoch
-
-    def stop_after_6(run, epoch, *args):
-        real_record(run, epoch, *args)
-        if epoch == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training_train, "_record_epoch", stop_after_6)
+    restore = interrupt_after(monkeypatch, 6)
     assert run_training(*base, "--checkpoint-dir", str(tmp_path / "cut")) == 130
-    monkeypatch.setattr(training_train, "_record_epoch", real_record)
+    restore()
     assert load_checkpoint(tmp_path / "cut" / "last.pt").resume.ema["average"] is not None
     assert run_training("--resume", str(tmp_path / "cut" / "last.pt"), "--quiet") == 0
     a, b = (load_checkpoint(tmp_path / d / "best.pt").model for d in ("whole", "cut"))

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from conftest import make_image_folder, run_training
+from conftest import interrupt_after, make_image_folder, run_training
 from contract.provenance import sha256_file
-from training import train as training_train
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +76,9 @@ def test_mlflow_gets_params_metrics_tags_and_best_pt_provenance(tiny, tmp_path):
 
 def test_a_resumed_run_continues_its_mlflow_run(tiny, tmp_path, monkeypatch):
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    real_record = training_train._record_epoch
-
-    def stop_after_2(run, epoch, *args):
-        real_record(run, epoch, *args)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training_train, "_record_epoch", stop_after_2)
+    restore = interrupt_after(monkeypatch, 2)
     assert run_training(*base(tiny, out, "--track", "mlflow", "--track-uri", uri)) == 130
-    monkeypatch.setattr(training_train, "_record_epoch", real_record)
+    restore()
     _, (killed,) = mlflow_runs(uri)
     assert killed.info.status == "KILLED"
     assert run_training("--resume", str(out / "last.pt"), "--quiet", "--track", "mlflow", "--track-uri", uri) == 0
