@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from corruptions import load_test_images  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from contract.onnx_session import onnx_session  # noqa: E402
+from contract.provenance import sha256_file  # noqa: E402
 from contract.schemas import ModelMetadata, SchemaError  # noqa: E402
 
 
@@ -51,7 +53,16 @@ def graph_scores(session, images: np.ndarray, batch: int = 500) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-def compared(meta: ModelMetadata, checkpoint: Path, sets: dict[str, np.ndarray], data: Path) -> dict[str, dict]:
+def temperature_of(meta: ModelMetadata, checkpoint: Path) -> Optional[float]:
+    """The temperature the export gave this network: an ensemble member's own (matched by checksum; None when the
+    checkpoint is not a member), else the export's."""
+    if meta.members:
+        digest = sha256_file(checkpoint)
+        return next((float(m["temperature"]) for m in meta.members if m["source_checkpoint"]["sha256"] == digest), None)
+    return float((meta.calibration or {}).get("temperature", 1.0))
+
+
+def compared(temperature: float, checkpoint: Path, sets: dict[str, np.ndarray], data: Path) -> dict[str, dict]:
     """pytorch-ood's detectors' scores ({detector: {set: scores}}) from the checkpoint's network."""
     import torch
     from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis, MaxSoftmax, ViM
@@ -62,7 +73,7 @@ def compared(meta: ModelMetadata, checkpoint: Path, sets: dict[str, np.ndarray],
 
     ckpt = load_checkpoint(checkpoint)
     wrapper = classifier_from_checkpoint(ckpt, checkpoint)
-    wrapper.temperature.fill_((meta.calibration or {}).get("temperature", 1.0))
+    wrapper.temperature.fill_(temperature)
     model = wrapper.model
 
     @torch.no_grad()
@@ -129,9 +140,18 @@ def main() -> int:
         print(f"error: {args.model} was exported without an OOD score; export it again with this version",
               file=sys.stderr)
         return 2
+    if args.compare and meta.members and args.checkpoint is None:
+        print(f"error: {args.model} is an ensemble of {len(meta.members)} members and pytorch-ood's detectors read one "
+              "network's features: pass --checkpoint with one member's checkpoint (metadata.json members)",
+              file=sys.stderr)
+        return 2
     checkpoint = args.checkpoint or Path(meta.source_checkpoint["path"])
     if args.compare and not checkpoint.is_file():
         print(f"error: --compare needs the checkpoint {checkpoint}; pass --checkpoint", file=sys.stderr)
+        return 2
+    temperature = temperature_of(meta, checkpoint) if args.compare else None
+    if args.compare and temperature is None:
+        print(f"error: {checkpoint} is not one of the ensemble's members (no member has its sha256)", file=sys.stderr)
         return 2
     started = time.perf_counter()
     # The in-distribution images and, apart from them, the test images the near set rearranges.
@@ -141,7 +161,7 @@ def main() -> int:
     sets.update({name: oodsets.make(name, args.images, args.seed, spare) for name in oodsets.SETS})
     scores = {"shipped": {name: graph_scores(session, x).astype(np.float64) for name, x in sets.items()}}
     if args.compare:
-        scores.update(compared(meta, checkpoint, sets, args.data))
+        scores.update(compared(temperature, checkpoint, sets, args.data))
     seconds = time.perf_counter() - started
 
     threshold = float(meta.ood["threshold"])

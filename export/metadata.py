@@ -16,7 +16,7 @@ def model_name(arch: str) -> str:
 
 
 def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, str],
-                   export_commit: Optional[str] = None) -> ModelMetadata:
+                   export_commit: Optional[str] = None, checkpoint_sha256: Optional[str] = None) -> ModelMetadata:
     """metadata.json for the graphs exported from ckpt (its `files` checksums are filled in once written)."""
     norm = ckpt.normalization
     metrics = ckpt.metrics or {}
@@ -45,7 +45,7 @@ def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, 
             "test_acc": metrics.get("test_acc"), "test_images": metrics.get("test_images"),
         },
         dataset=ckpt.provenance.get("dataset"),
-        source_checkpoint={"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
+        source_checkpoint={"path": str(checkpoint_path), "sha256": checkpoint_sha256 or sha256_file(checkpoint_path)},
         git_commit=ckpt.provenance.get("git_commit"),
         export_git_commit=export_commit,
         versions=dict(versions),

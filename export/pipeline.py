@@ -88,6 +88,11 @@ class Inputs:
     def train(self) -> Split:
         return load_split(self.data, "train")
 
+    @cached_property
+    def sha256(self) -> str:
+        """The checkpoint file's checksum, read once (duplicate check, metadata, an ensemble's members)."""
+        return sha256_file(self.checkpoint)
+
 
 def load(checkpoint_path: str, data: Optional[str], test: Optional[Split] = None) -> Inputs:
     """One checkpoint and its classifier; the test split read here unless `test` (already read) is given."""
@@ -358,7 +363,7 @@ def load_members(options: ExportOptions) -> list[Inputs]:
     for p in paths:
         members.append(load(str(p), options.data, members[0].test if members else None))
     if len(members) > 1:
-        digests = [sha256_file(m.checkpoint) for m in members]
+        digests = [m.sha256 for m in members]
         twins = [(a, b) for i, a in enumerate(paths) for j, b in enumerate(paths) if i < j and digests[i] == digests[j]]
         if twins:
             raise ExportError(f"checkpoints {twins[0][0]} and {twins[0][1]} are the same file's bytes; an ensemble's "
@@ -409,7 +414,7 @@ def ensemble_of(fitted: list[Prepared], options: ExportOptions, meta: ModelMetad
         members.append({
             "architecture": type_name(ck.arch), "arch": ck.arch, "recipe": ck.config.get("recipe"),
             "seed": ck.config.get("seed"), "source_checkpoint": {"path": str(f.inputs.checkpoint.resolve()),
-                                                                 "sha256": sha256_file(f.inputs.checkpoint)},
+                                                                 "sha256": f.inputs.sha256},
             "training_test_acc": (ck.metrics or {}).get("test_acc"),
             "test_acc": member_accuracy(f, cal.labels), "test_images": int(len(cal.labels)),
             "temperature": float(f.inputs.wrapper.temperature), "tta_flip": bool(ck.config.get("tta_flip", False)),
@@ -455,7 +460,8 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     import onnxruntime
 
     versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    meta = build_metadata(inputs.ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit())
+    meta = build_metadata(inputs.ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit(),
+                          checkpoint_sha256=inputs.sha256)
 
     # Calibration first, then the OOD score: the graphs carry both.
     fitted = []

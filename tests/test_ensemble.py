@@ -177,3 +177,24 @@ def test_the_service_answers_explains_and_refuses_a_changed_graph(ensemble_home,
         srv.stop()
 
 
+
+
+def test_the_ood_benchmark_compares_detectors_on_one_named_member(ensemble_home, residual_member, real_subset,
+                                                                  tmp_path):
+    art = str(ensemble_home / "artifacts")
+
+    def ood(*argv):
+        return subprocess.run([sys.executable, "benchmarks/ood.py", art, "--data", str(real_subset / "test"),
+                               "--images", "100", "--compare", *argv], capture_output=True, text=True, cwd=ROOT,
+                              timeout=600)
+
+    proc = ood()
+    assert proc.returncode == 2 and "is an ensemble of 2 members" in proc.stderr and "Traceback" not in proc.stderr
+    stranger = tmp_path / "stranger.pt"
+    stranger.write_bytes(residual_member.read_bytes() + b"\0")
+    proc = ood("--checkpoint", str(stranger))
+    assert proc.returncode == 2 and "is not one of the ensemble's members" in proc.stderr
+    proc = ood("--checkpoint", str(residual_member))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"shipped", "energy", "ViM (penultimate)"} <= set(result["results"])
