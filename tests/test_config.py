@@ -11,12 +11,17 @@ def test_defaults_are_the_design_report_recipe():
     assert cfg.resolved_batch_size(on_cuda=True) == 128
 
 
-def test_the_robust_recipe_is_fast_with_cutout_and_corruptions():
+def test_the_robust_recipes_are_fast_with_cutout_and_corruptions_and_airbench_longer_with_corruptions():
     robust, fast = TrainConfig.for_recipe("robust").to_dict(), TrainConfig.for_recipe("fast").to_dict()
     differ = {k for k in robust if robust[k] != fast[k]}
     assert differ == {"recipe", "cutout", "corrupt_prob"} and (robust["cutout"], robust["corrupt_prob"]) == (8, 0.25)
-    with pytest.raises(ConfigError, match="recipe 'robust' belongs to simplecnn; airbench's recipes are default"):
-        TrainConfig.for_recipe("robust", "airbench")
+    airbench = TrainConfig.for_recipe("robust", "airbench").to_dict()
+    default = TrainConfig.for_recipe("default", "airbench").to_dict()
+    assert {k for k in airbench if airbench[k] != default[k]} == {"recipe", "epochs", "corrupt_prob"}
+    assert (airbench["epochs"], airbench["corrupt_prob"]) == (16, 0.2)
+    with pytest.raises(ConfigError, match="recipe 'robust' belongs to simplecnn, airbench; residual's recipes are "
+                                          "default"):
+        TrainConfig.for_recipe("robust", "residual")
 
 
 def test_recipe_then_explicit_overrides():

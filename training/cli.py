@@ -48,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "simplecnn default: the design report's; fast: SGD-nesterov + OneCycle + label smoothing + "
                    "light augmentation, no dropout + flip TTA; distill: fast plus a teacher's soft labels "
                    "(needs --teacher); robust: fast plus Cutout and noise/blur on a quarter of the images "
-                   "(docs/experiments.md). airbench default: its tuned 10-epoch recipe (see docs/training.md)")
+                   "(docs/experiments.md). airbench default: its tuned 10-epoch recipe (see docs/training.md); "
+                   "robust: 16 epochs with noise/blur on a fifth of the images")
     p.add_argument("--teacher", metavar="CHECKPOINT",
                    help="distillation: a best.pt of any network with the same classes, run frozen on every batch")
     p.add_argument("--distill-weight", type=float, metavar="W",

@@ -197,7 +197,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # accuracy as `fast` on the same day (84.94% against 84.95%), a smaller drop under CIFAR-10-C's corruptions.
         "robust": {**SIMPLECNN_FAST, "cutout": 8, "corrupt_prob": 0.25},
     },
-    "airbench": {"default": AIRBENCH},
+    "airbench": {
+        "default": AIRBENCH,
+        # Issue 29: the noise-or-blur augmentation on a fifth of the images, trained 16 epochs instead of 10 so
+        # that clean accuracy stays at airbench's (docs/experiments.md, "airbench: the robust recipe").
+        "robust": {**AIRBENCH, "epochs": 16, "corrupt_prob": 0.2},
+    },
     # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is, until runs of its
     # own choose one (docs/training.md, "Networks").
     "residual": {"default": dict(AIRBENCH)},
