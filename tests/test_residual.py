@@ -84,8 +84,9 @@ def test_dropblock_drops_square_blocks_at_about_its_rate_and_is_the_identity_at_
     (["--dropblock", "0.1"], "--dropblock regularizes the residual network's groups; simplecnn has no place"),
     (["--model", "residual", "--drop-path", "1"], "--drop-path is a probability and must be in [0, 1)"),
     (["--model", "residual", "--dropblock-size", "0"], "--dropblock-size is a block's side in pixels"),
+    (["--model", "residual", "--recipe", "robust"], "recipe 'robust' belongs to simplecnn, airbench; residual's"),
 ])
-def test_bad_regularizer_flags_are_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
+def test_bad_regularizer_flags_and_a_recipe_it_lacks_are_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
     assert run_training(*argv, "--checkpoint-dir", str(tmp_path)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
