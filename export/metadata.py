@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from contract.provenance import sha256_file
 from contract.schemas import Checkpoint, ModelMetadata
 
 
@@ -15,8 +14,8 @@ def model_name(arch: str) -> str:
     return f"cifar10-{arch}"
 
 
-def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, str],
-                   export_commit: Optional[str] = None, checkpoint_sha256: Optional[str] = None) -> ModelMetadata:
+def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, checkpoint_sha256: str, versions: dict[str, str],
+                   export_commit: Optional[str] = None) -> ModelMetadata:
     """metadata.json for the graphs exported from ckpt (its `files` checksums are filled in once written)."""
     norm = ckpt.normalization
     metrics = ckpt.metrics or {}
@@ -45,7 +44,7 @@ def build_metadata(ckpt: Checkpoint, checkpoint_path: Path, versions: dict[str, 
             "test_acc": metrics.get("test_acc"), "test_images": metrics.get("test_images"),
         },
         dataset=ckpt.provenance.get("dataset"),
-        source_checkpoint={"path": str(checkpoint_path), "sha256": checkpoint_sha256 or sha256_file(checkpoint_path)},
+        source_checkpoint={"path": str(checkpoint_path), "sha256": checkpoint_sha256},
         git_commit=ckpt.provenance.get("git_commit"),
         export_git_commit=export_commit,
         versions=dict(versions),

@@ -460,8 +460,8 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     import onnxruntime
 
     versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    meta = build_metadata(inputs.ckpt, inputs.checkpoint.resolve(), versions, export_commit=git_commit(),
-                          checkpoint_sha256=inputs.sha256)
+    meta = build_metadata(inputs.ckpt, inputs.checkpoint.resolve(), inputs.sha256, versions,
+                          export_commit=git_commit())
 
     # Calibration first, then the OOD score: the graphs carry both.
     fitted = []

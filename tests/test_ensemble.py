@@ -177,8 +177,6 @@ def test_the_service_answers_explains_and_refuses_a_changed_graph(ensemble_home,
         srv.stop()
 
 
-
-
 def test_the_ood_benchmark_compares_detectors_on_one_named_member(ensemble_home, residual_member, real_subset,
                                                                   tmp_path):
     art = str(ensemble_home / "artifacts")
