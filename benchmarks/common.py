@@ -28,3 +28,18 @@ def image_to_post(given: Optional[str]) -> Path:
               file=sys.stderr)
         raise SystemExit(2)
     return image
+
+
+def read_export(folder: Path):
+    """An export folder's metadata (contract.schemas.ModelMetadata); exits 2 with one sentence when the folder is
+    not an export this version reads (no model.onnx, no or a foreign metadata.json)."""
+    from contract.schemas import ModelMetadata, SchemaError
+
+    if not (folder / "metadata.json").is_file() or not (folder / "model.onnx").is_file():
+        print(f"error: {folder} is not an export (metadata.json and model.onnx)", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return ModelMetadata.read(folder / "metadata.json")
+    except SchemaError as exc:
+        print(f"error: {folder} is not an export this version reads ({exc})", file=sys.stderr)
+        raise SystemExit(2) from None

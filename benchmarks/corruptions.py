@@ -22,13 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10c import CORRUPTIONS, SEEN_IN_TRAINING  # noqa: E402
-from common import ROOT  # noqa: E402
+from common import ROOT, read_export  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from contract.folders import list_image_folder  # noqa: E402
 from contract.images import decode  # noqa: E402
 from contract.onnx_session import onnx_session  # noqa: E402
-from contract.schemas import ModelMetadata  # noqa: E402
 
 
 def load_test_images(data: Path, classes: list[str], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +63,13 @@ def main() -> int:
                    help="also write the figures to MODEL/corruptions.json (benchmarks/model_card.py reads it while the "
                    "graph is the one measured)")
     args = p.parse_args()
-    if not (args.model / "metadata.json").is_file() or not (args.model / "model.onnx").is_file():
-        print(f"error: {args.model} is not an export (metadata.json and model.onnx)", file=sys.stderr)
-        return 2
+    meta = read_export(args.model)
     if not args.data.is_dir():
         print(f"error: {args.data} is not the test split; pass --data", file=sys.stderr)
         return 2
     if args.images < 1:
         print("error: --images must be at least 1", file=sys.stderr)
         return 2
-    meta = ModelMetadata.read(args.model / "metadata.json")
     session = onnx_session(str(args.model / "model.onnx"), args.threads)
     images, labels = load_test_images(args.data, list(meta.classes), args.images, args.seed)
     started = time.perf_counter()

@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import image_to_post  # noqa: E402
+from common import image_to_post, read_export  # noqa: E402
 from corruptions import load_test_images  # noqa: E402
 from local_service import LocalService, bentoml_launcher, free_port, with_project_path  # noqa: E402
 from serve_load import bodies, hey  # noqa: E402
 
 from contract.onnx_session import onnx_session  # noqa: E402
-from contract.schemas import ModelMetadata, SchemaError  # noqa: E402
+from contract.schemas import ModelMetadata  # noqa: E402
 from export.calibration import ece  # noqa: E402
 
 RUNTIMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
@@ -144,16 +144,7 @@ def main() -> int:
     if len(names) != len(args.exports):
         print("error: give one --names entry per export", file=sys.stderr)
         return 2
-    metas = []
-    for export in args.exports:
-        try:
-            metas.append(ModelMetadata.read(export / "metadata.json"))
-        except SchemaError as exc:
-            print(f"error: {export} is not an export this version reads ({exc})", file=sys.stderr)
-            return 2
-        if not (export / "model.onnx").is_file():
-            print(f"error: {export} has no model.onnx", file=sys.stderr)
-            return 2
+    metas = [read_export(export) for export in args.exports]
     if args.serve and shutil.which("hey") is None:
         print("error: hey is not installed (apt-get install hey), or pass --no-serve", file=sys.stderr)
         return 2

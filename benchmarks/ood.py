@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import oodsets  # noqa: E402
-from common import ROOT  # noqa: E402
+from common import ROOT, read_export  # noqa: E402
 from corruptions import load_test_images  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from contract.onnx_session import onnx_session  # noqa: E402
 from contract.provenance import sha256_file  # noqa: E402
-from contract.schemas import ModelMetadata, SchemaError  # noqa: E402
+from contract.schemas import ModelMetadata  # noqa: E402
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -120,20 +120,13 @@ def main() -> int:
     p.add_argument("--checkpoint", type=Path, help="with --compare: default, the export's source checkpoint")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     args = p.parse_args()
-    if not (args.model / "metadata.json").is_file() or not (args.model / "model.onnx").is_file():
-        print(f"error: {args.model} is not an export (metadata.json and model.onnx)", file=sys.stderr)
-        return 2
+    meta = read_export(args.model)
     if not args.data.is_dir():
         print(f"error: {args.data} is not the test split; pass --data", file=sys.stderr)
         return 2
     if not 100 <= args.images <= 5000:
         print("error: --images must be from 100 to 5000 (in-distribution and near-OOD images both come from the "
               "10,000 test images)", file=sys.stderr)
-        return 2
-    try:
-        meta = ModelMetadata.read(args.model / "metadata.json")
-    except SchemaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     session = onnx_session(str(args.model / "model.onnx"), args.threads)
     if meta.ood is None or "ood_score" not in [o.name for o in session.get_outputs()]:

@@ -21,13 +21,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, read_export  # noqa: E402
 from corruptions import load_test_images  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from contract.images import RESIZE_POLICIES, decode  # noqa: E402
 from contract.onnx_session import onnx_session  # noqa: E402
-from contract.schemas import ModelMetadata, SchemaError  # noqa: E402
 
 OBJECT = 96  # pixels on a side of the upsampled test image
 FRAMINGS = {"square, centred": (1, 1), "wide 4:3": (4, 3), "wide 16:9": (16, 9), "tall 3:4": (3, 4)}
@@ -59,16 +58,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
     args = p.parse_args()
-    if not (args.model / "metadata.json").is_file() or not (args.model / "model.onnx").is_file():
-        print(f"error: {args.model} is not an export (metadata.json and model.onnx)", file=sys.stderr)
-        return 2
+    meta = read_export(args.model)
     if not args.data.is_dir() or not 1 <= args.images <= 5000:
         print("error: --data must be the test split and --images from 1 to 5000", file=sys.stderr)
-        return 2
-    try:
-        meta = ModelMetadata.read(args.model / "metadata.json")
-    except SchemaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     session = onnx_session(str(args.model / "model.onnx"), args.threads)
     images, labels = load_test_images(args.data, list(meta.classes), 2 * args.images, args.seed)

@@ -13,6 +13,7 @@ Every check runs before anything in the output folder changes; a failed one leav
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -382,6 +383,8 @@ def ensemble_of(fitted: list[Prepared], options: ExportOptions, meta: ModelMetad
     ensemble = EnsembleClassifier([f.inputs.wrapper for f in fitted]).eval()
     first = fitted[0]
     cal = first.cal if first.cal is not None else calibration_images(first.inputs, options.calibration_images)
+    # The graph itself, not the members' logits from fit_member recombined here: the members' OOD scores on these
+    # images were never computed, and what is fitted below is then what ships.
     with torch.no_grad():
         parts = [ensemble.mean_probs(cal.images[i:i + 500]) for i in range(0, len(cal.images), 500)]
     probs, scores = torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
@@ -434,9 +437,9 @@ def ensemble_of(fitted: list[Prepared], options: ExportOptions, meta: ModelMetad
                     "best_epoch": None, "members_test_acc": [m["test_acc"] for m in members]}
     if any(m["normalization"] != members[0]["normalization"] for m in members):
         meta.normalization = {"per_member": [m["normalization"] for m in members]}
-    inputs = Inputs(first.inputs.checkpoint, first.inputs.ckpt, ensemble, first.inputs.data, first.inputs.test)
-    if "train" in first.inputs.__dict__:
-        inputs.__dict__["train"] = first.inputs.train  # decoded once (cached_property)
+    # A shallow copy keeps what the first member already read (the decoded training split, the checksum).
+    inputs = copy.copy(first.inputs)
+    inputs.wrapper = ensemble
     return Prepared(inputs, cal, calibration, record), ensemble
 
 

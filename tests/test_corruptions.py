@@ -96,3 +96,16 @@ def test_the_model_card_measures_each_export_and_reads_only_its_own_corruption_f
     bad = subprocess.run([sys.executable, "benchmarks/model_card.py", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "is not an export" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("files", [{"model.onnx": b""}, {"model.onnx": b"", "metadata.json": b'{"model": "x"}'},
+                                   {"model.onnx": b"", "metadata.json": b"not json"}])
+def test_benchmarks_refuse_a_folder_that_is_not_an_export(tmp_path, capsys, files):
+    from common import read_export
+
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        read_export(tmp_path)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "is not an export" in err and err.count("\n") == 1

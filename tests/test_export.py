@@ -127,7 +127,7 @@ def test_failed_parity_leaves_previous_artifacts(artifacts, checkpoint, shared_d
     before = {p.name: p.read_bytes() for p in artifacts.iterdir()}
     # A tolerance nothing can meet stands in for a broken graph.
     assert export("--checkpoint", str(checkpoint), "--out", str(artifacts), "--data", str(shared_data),
-                  "--parity-images", "1000", "--tolerance", "-1", "--quiet") == 1
+                  "--parity-images", "1000", "--tolerance", "-1", "--no-calibration", "--no-int8", "--quiet") == 1
     assert "export rejected" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in artifacts.iterdir()} == before
 
@@ -159,8 +159,10 @@ def test_unwritable_output_folder(tmp_path, checkpoint, shared_data, capsys):
 
 def test_bentoml_store(artifacts, checkpoint, shared_data, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    # int8 and the full calibration are tested on their own; this is about the store.
     cmd = [sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a"),
-           "--data", str(shared_data), "--parity-images", "1000", "--bentoml", "--quiet"]
+           "--data", str(shared_data), "--parity-images", "1000", "--calibration-images", "1000", "--no-int8",
+           "--bentoml", "--quiet"]
     tags = []
     for _ in range(2):
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
