@@ -203,9 +203,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # that clean accuracy stays at airbench's (docs/experiments.md, "airbench: the robust recipe").
         "robust": {**AIRBENCH, "epochs": 16, "corrupt_prob": 0.2},
     },
-    # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is. --drop-path 0.1
-    # measured 0.3 points below it at 10 epochs (one seed each), so it stays off; width, epochs and DropBlock are
-    # not measured yet (docs/training.md, "Networks").
+    # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is. At 10 epochs
+    # --drop-path 0.1 measured 0.3 points below it and --dropblock 0.1 0.5 below (one seed each), so both stay off;
+    # width and epochs are not measured yet (docs/training.md, "Networks").
     "residual": {"default": dict(AIRBENCH)},
 }
 RECIPE_NAMES = tuple(dict.fromkeys(name for recipes in RECIPES.values() for name in recipes))
