@@ -44,7 +44,7 @@ def served_logits(wrapper):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             w = self.wrapper
             z = x * 255.0 * w.scale - w.shift  # the graph's normalization, from [0, 1] instead of uint8
-            return w.views(z, w.model(z))
+            return w.combine(w.model(w.tta_batch(z)))
 
     return Served().eval()
 

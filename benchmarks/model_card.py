@@ -110,18 +110,38 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        if row.get("rps_c32") is None:
-            continue
-        marker = "s" if row["runtime"] == "onnx-int8" else "o"
-        ax.scatter(row["rps_c32"], 100 * row["accuracy"], marker=marker, s=50)
-        ax.annotate(row["name"] + (" int8" if row["runtime"] == "onnx-int8" else ""),
-                    (row["rps_c32"], 100 * row["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    points = [(row["rps_c32"], 100 * row["accuracy"], row["name"] + (" int8" if row["runtime"] == "onnx-int8" else ""),
+               "s" if row["runtime"] == "onnx-int8" else "o") for row in rows if row.get("rps_c32") is not None]
+    for x, y, _, marker in points:
+        ax.scatter(x, y, marker=marker, s=50)
     ax.set_xscale("log")
     ax.set(xlabel="served requests/s, POST /classify, 32 clients (log scale)", ylabel="test accuracy (%)",
            title=title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.margins(x=0.08, y=0.2)  # headroom for the labels moved up
+    ax.autoscale_view()
     fig.tight_layout()
+    # The SimpleCNN rows sit within a few percent of each other on both axes: each label moves up, in 11-point
+    # steps, until it clears the labels already placed (display coordinates), with a leader line when moved;
+    # labels of points in the right half go to their left, so they stay inside the figure.
+    points_to_px = fig.dpi / 72.0
+    # (left, right, baseline) of each label placed, in pixels; the markers themselves are in the way too.
+    placed = [(mx - 5 * points_to_px, mx + 5 * points_to_px, my - 3 * points_to_px)
+              for mx, my in (ax.transData.transform((x, y)) for x, y, _, _ in points)]
+    middle = ax.transAxes.transform((0.5, 0.5))[0]
+    for x, y, label, _ in sorted(points, key=lambda p: (p[1], p[0])):
+        px, py = ax.transData.transform((x, y))
+        left = px > middle
+        width = len(label) * 4.8 * points_to_px  # 8-point text: about 4.8 points a character
+        x0 = px - 6 * points_to_px - width if left else px + 6 * points_to_px
+        dy = 4.0
+        while any(x0 < q1 and q0 < x0 + width and abs(py + dy * points_to_px - qy) < 11 * points_to_px
+                  for q0, q1, qy in placed):
+            dy += 11.0
+        placed.append((x0, x0 + width, py + dy * points_to_px))
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if left else 6, dy), fontsize=8,
+                    ha="right" if left else "left",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "alpha": 0.6} if dy > 4 else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

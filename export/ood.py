@@ -30,7 +30,7 @@ from typing import Any, List, Tuple
 import torch
 from torch import nn
 
-from .wrapper import ImageClassifier
+from .wrapper import ImageClassifier, images_per_call
 
 TPR = 0.96  # the share of held-out in-distribution images the threshold accepts (see the module doc)
 FIT_IMAGES = 10000  # training images the class means and covariance are fitted on
@@ -123,7 +123,8 @@ class OODScore(nn.Module):
 
 class ScoredClassifier(ImageClassifier):
     """The deployable graph with the OOD score: uint8 [N, H, W, 3] -> (logits [N, C], probabilities [N, C],
-    ood_score [N]). The plain view runs once, through the trunk, for both the logits and the statistics."""
+    ood_score [N]). The test-time views run once, as one batch through the trunk, for both the logits and the plain
+    view's statistics."""
 
     def __init__(self, base: ImageClassifier, trunk: nn.Module, score: OODScore):
         mean = (base.shift / base.scale / 255.0).flatten().tolist()
@@ -136,25 +137,28 @@ class ScoredClassifier(ImageClassifier):
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = self.normalize(image)
-        plain, blocks = self.trunk(x)
-        logits = self.views(x, plain)
+        every, blocks = self.trunk(self.tta_batch(x))
+        logits = self.combine(every)
         probs = torch.softmax(logits / self.temperature, dim=1)
-        return logits, probs, self.score(blocks, probs)
+        n = x.shape[0]  # the statistics are the plain view's: the first N of each block's [V * N, K, H, W]
+        return logits, probs, self.score([b[:n] for b in blocks], probs)
 
 
 @torch.no_grad()
-def _run(trunk: nn.Module, classifier: ImageClassifier, images: torch.Tensor, with_probs: bool = True,
-         batch: int = 500) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _run(trunk: nn.Module, classifier: ImageClassifier, images: torch.Tensor,
+         with_probs: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(per block: channel statistics [N, D] in float64, served probabilities [N, C]) of uint8 images. Without
-    `with_probs` the test-time views (6 forward passes for airbench) are skipped and the probabilities are empty."""
+    `with_probs` the test-time views (6x the batch for airbench) are skipped and the probabilities are empty."""
     stats: list[list[torch.Tensor]] = []
     probs = []
+    batch = images_per_call(classifier) if with_probs else 500
     for i in range(0, len(images), batch):
         x = classifier.normalize(images[i:i + batch])
-        plain, blocks = trunk(x)
-        stats.append([channel_stats(b).double() for b in blocks])
+        n = x.shape[0]
+        every, blocks = trunk(classifier.tta_batch(x) if with_probs else x)
+        stats.append([channel_stats(b[:n]).double() for b in blocks])
         if with_probs:
-            probs.append(torch.softmax(classifier.views(x, plain) / classifier.temperature, dim=1))
+            probs.append(torch.softmax(classifier.combine(every) / classifier.temperature, dim=1))
     return [torch.cat(parts) for parts in zip(*stats, strict=True)], torch.cat(probs) if probs else torch.empty(0)
 
 
@@ -220,5 +224,6 @@ def fit(arch: str, classifier: ImageClassifier, train_images: torch.Tensor, trai
 
 
 @torch.no_grad()
-def scores(scored: ScoredClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+def scores(scored: ScoredClassifier, images: torch.Tensor) -> torch.Tensor:
+    batch = images_per_call(scored)
     return torch.cat([scored(images[i:i + batch])[2] for i in range(0, len(images), batch)])

@@ -12,20 +12,29 @@ from contract.onnx_session import onnx_session
 Runner = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
-def torch_runner(module: torch.nn.Module) -> Runner:
+def chunked(run: Runner, batch: int) -> Runner:
+    """`run` over `batch` images at a time, its outputs concatenated: what a call costs in memory stays that of
+    one batch whatever the caller passes (export.wrapper.images_per_call sizes it)."""
+    def over(images: np.ndarray):
+        parts = [run(images[i:i + batch]) for i in range(0, len(images), batch)]
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return over
+
+
+def torch_runner(module: torch.nn.Module, batch: int = 500) -> Runner:
     @torch.no_grad()
     def run(images: np.ndarray):
         return tuple(o.numpy() for o in module(torch.from_numpy(images)))
-    return run
+    return chunked(run, batch)
 
 
-def onnx_runner(path: str, threads: int = 0) -> Runner:
+def onnx_runner(path: str, threads: int = 0, batch: int = 500) -> Runner:
     session = onnx_session(path, threads)
     names = [o.name for o in session.get_outputs()]  # logits, probabilities[, ood_score]
 
     def run(images: np.ndarray):
         return tuple(session.run(names, {"image": images}))
-    return run
+    return chunked(run, batch)
 
 
 def run_explain(path: str, images: np.ndarray, batch_size: int = 250,
@@ -42,12 +51,11 @@ def run_explain(path: str, images: np.ndarray, batch_size: int = 250,
 
 
 def compare(images: np.ndarray, labels: np.ndarray, runners: dict[str, Runner],
-            reference: str = "eager", batch_size: int = 500) -> dict[str, Any]:
+            reference: str = "eager") -> dict[str, Any]:
     """Per runner: accuracy; per non-reference runner: max |Δlogit|, max |Δprob|, top-1 agreement."""
     outputs: dict[str, tuple[np.ndarray, ...]] = {}
     for name, run in runners.items():
-        parts = [run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        outputs[name] = tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+        outputs[name] = run(images)  # each runner takes its own batches
     ref = outputs[reference]
     report: dict[str, Any] = {"images": int(len(images)), "reference": reference, "artifacts": {}}
     for name, out in outputs.items():

@@ -42,7 +42,7 @@ from .graphs import export_onnx, export_torchscript, load_torchscript
 from .metadata import build_metadata, type_name
 from .parity import Runner, compare, explain_report, failures, onnx_runner, run_explain, torch_runner
 from .quantize import count_ops, quantize
-from .wrapper import classifier_from_checkpoint
+from .wrapper import classifier_from_checkpoint, images_per_call
 
 ARTIFACTS = ("model.ts", "model.onnx", "model.int8.onnx", "explain.ts", "explain.onnx", "metadata.json",
              "export_report.json", "reliability.png")
@@ -112,7 +112,8 @@ def seeded_pick(n: int, count: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
-def eager_logits(wrapper: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+def eager_logits(wrapper: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    batch = images_per_call(wrapper)
     with torch.no_grad():
         return torch.cat([wrapper(images[i:i + batch])[0] for i in range(0, len(images), batch)])
 
@@ -210,8 +211,8 @@ def check_parity(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray
                  tolerance: float, say: Say) -> tuple[dict, list[str]]:
     """(report, failures) of eager vs TorchScript vs ONNX Runtime (`onnx`: model.onnx) on the parity images."""
     runners = {
-        "eager": torch_runner(inputs.wrapper),
-        "torchscript": torch_runner(load_torchscript(staging / "model.ts")),
+        "eager": torch_runner(inputs.wrapper, images_per_call(inputs.wrapper)),
+        "torchscript": torch_runner(load_torchscript(staging / "model.ts"), images_per_call(inputs.wrapper)),
         "onnxruntime": onnx,
     }
     report = compare(images, labels, runners)
@@ -244,7 +245,9 @@ def check_explanation(members: list[Inputs], staging: Path, onnx: Runner, images
     (export/ensemble.py)."""
     classifier_probs = onnx(images)[1]
     targets = torch.from_numpy(classifier_probs.argmax(1))
-    heat, probs = run_explain(str(staging / "explain.onnx"), images)
+    # The explanation graph holds the classifier and the map's own layers: half the classifier's batch.
+    batch = max(1, min(images_per_call(m.wrapper) for m in members) // 2)
+    heat, probs = run_explain(str(staging / "explain.onnx"), images, batch_size=batch)
     maps, kinks, grids = [], torch.zeros(len(images), dtype=torch.bool), []
     for member in members:
         arch, wrapper = member.ckpt.arch, member.wrapper
@@ -269,22 +272,20 @@ def check_explanation(members: list[Inputs], staging: Path, onnx: Runner, images
     return entry, bad, grids[0] if len(members) == 1 else grids
 
 
-def check_int8(inputs: Inputs, staging: Path, images: np.ndarray, labels: np.ndarray, cal: CalibrationImages,
-               calibration_images: int, threshold: float, say: Say) -> dict:
+def check_int8(inputs: Inputs, staging: Path, onnx: Runner, images: np.ndarray, labels: np.ndarray,
+               cal: CalibrationImages, calibration_images: int, threshold: float, say: Say) -> dict:
     """Quantize model.onnx and measure it: on the parity images and on the calibration test images (all of them
-    unless --calibration-images says fewer), against fp32."""
+    unless --calibration-images says fewer), against fp32 (`onnx`: model.onnx)."""
     train = inputs.train
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration_images]
     record = quantize(staging / "model.onnx", staging / "model.int8.onnx", train.images[pick].numpy())
-    int8 = onnx_runner(str(staging / "model.int8.onnx"))
-    test_images = cal.images.numpy()
-    int8_logits, int8_probs, _ = (np.concatenate(parts) for parts in zip(
-        *(int8(test_images[i:i + 500]) for i in range(0, len(test_images), 500)), strict=True))
+    int8 = onnx_runner(str(staging / "model.int8.onnx"), batch=images_per_call(inputs.wrapper))
+    int8_logits, int8_probs, _ = int8(cal.images.numpy())
     fp32_probs = torch.softmax(cal.logits / inputs.wrapper.temperature, dim=1).numpy()
     # The OOD score on the parity images, both graphs in ONNX Runtime (a pass of the eager airbench graph over the
     # whole test split would cost minutes for a figure the parity images give).
     int8_parity = int8(images)
-    fp32_ood, int8_ood = onnx_runner(str(staging / "model.onnx"))(images)[2], int8_parity[2]
+    fp32_ood, int8_ood = onnx(images)[2], int8_parity[2]
     truth = cal.labels.numpy()
     fp32_acc = float((fp32_probs.argmax(1) == truth).mean())
     int8_acc = float((int8_logits.argmax(1) == truth).mean())
@@ -386,7 +387,8 @@ def ensemble_of(fitted: list[Prepared], options: ExportOptions, meta: ModelMetad
     # The graph itself, not the members' logits from fit_member recombined here: the members' OOD scores on these
     # images were never computed, and what is fitted below is then what ships.
     with torch.no_grad():
-        parts = [ensemble.mean_probs(cal.images[i:i + 500]) for i in range(0, len(cal.images), 500)]
+        batch = images_per_call(ensemble)
+        parts = [ensemble.mean_probs(cal.images[i:i + batch]) for i in range(0, len(cal.images), batch)]
     probs, scores = torch.cat([p for p, _ in parts]), torch.cat([s for _, s in parts])
     logits = torch.log(probs.clamp_min(1e-30))
     cal = CalibrationImages(cal.images, cal.labels, logits)
@@ -491,13 +493,13 @@ def run(options: ExportOptions, say: Say = print) -> Result:
     staging = staging_folder(out, swap)
     try:
         write_graphs(inputs, explainer, staging, options.opset, meta, method)
-        onnx = onnx_runner(str(staging / "model.onnx"))  # one session for both checks
+        onnx = onnx_runner(str(staging / "model.onnx"), batch=images_per_call(inputs.wrapper))  # one for every check
         report, bad = check_parity(inputs, staging, onnx, images, labels, options.tolerance, say)
         report["explanation"], explain_bad, grid = check_explanation(members, staging, onnx, images,
                                                                       options.tolerance, say)
         bad += explain_bad
         if options.int8 and not bad:
-            report["int8"] = check_int8(inputs, staging, images, labels, cal, options.int8_calibration_images,
+            report["int8"] = check_int8(inputs, staging, onnx, images, labels, cal, options.int8_calibration_images,
                                         meta.ood["threshold"], say)
             if not report["int8"]["drop_points"] <= options.int8_max_drop:
                 bad.append(f"model.int8.onnx: accuracy {100 * report['int8']['test_accuracy']:.2f}% on the test split "

@@ -68,6 +68,24 @@ def test_tta_logits_average_six_views_with_airbench_weights():
     assert torch.allclose(tta_logits(model, x, tta_flip=True, tta_translate=1), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("flip,translate", [(False, 0), (True, 0), (True, 1), (False, 1)])
+def test_the_graph_runs_the_views_as_one_batch_with_training_s_weights(flip, translate):
+    from export.wrapper import ImageClassifier
+
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    wrapper = ImageClassifier(model, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], image_size=8, tta_flip=flip,
+                              tta_translate=translate).eval()
+    image = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        logits, _ = wrapper(image)
+    views = (2 if flip else 1) * (3 if translate else 1)
+    assert calls == [4 * views]  # one call, all views in its batch: the exported graph holds the network once
+    expected = tta_logits(model, wrapper.normalize(image), tta_flip=flip, tta_translate=translate)
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def airbench_run(real_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("airbench")
@@ -130,6 +148,10 @@ def test_export_parity_with_translation_tta_in_the_graph(airbench_home):
     meta = json.loads((airbench_home / "artifacts" / "metadata.json").read_text())
     assert meta["architecture"] == "AirbenchNet" and meta["model_name"] == "cifar10-airbench"
     assert meta["tta_flip"] and meta["tta_translate"] == 1
+    # Six views, one copy of the network: as many Conv nodes as the network has convolutions.
+    from export.quantize import count_ops
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in AirbenchNet().modules())
+    assert count_ops(airbench_home / "artifacts" / "model.onnx")["Conv"] == convs
 
 
 def test_the_service_answers_with_airbench(airbench_home):

@@ -102,11 +102,12 @@ def test_a_checkpoint_listed_twice_is_one_sentence_and_exit_2(brief_checkpoint, 
 @pytest.fixture(scope="module")
 def residual_member(real_subset, tmp_path_factory):
     # Without test-time views: the members' graphs are exported and quantized whole, and six views of a residual
-    # network would triple this module's time (its TTA is tested in tests/test_residual.py).
+    # network would triple this module's time (six views in the graph: tests/test_airbench.py). Half width: the
+    # export rebuilds the network from the channels its checkpoint carries.
     out = tmp_path_factory.mktemp("residual-member")
     assert run_training("--model", "residual", "--data", str(real_subset), "--epochs", "1", "--batch-size", "64",
-                        "--limit-train", "256", "--no-tta-flip", "--tta-translate", "0", "--checkpoint-dir", str(out),
-                        "--quiet") == 0
+                        "--limit-train", "256", "--no-tta-flip", "--tta-translate", "0", "--width", "0.5",
+                        "--checkpoint-dir", str(out), "--quiet") == 0
     return out / "best.pt"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_training
 from training.checkpoint import load_checkpoint
-from training.models import ResidualNet, create
+from training.models import ResidualNet, create, model_args
 from training.models.residual import drop_block, drop_path
 
 
@@ -22,6 +22,15 @@ def test_parameter_count_and_output_shape():
     assert out.shape == (3, 10) and out.dtype == torch.float32
     assert model.embed(x).shape == (3, 256)
     assert ResidualNet(num_classes=4, widths=(16, 32, 48))(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_width_scales_each_group_to_a_multiple_of_8():
+    assert "widths" not in model_args("residual", 10, 0.0)  # the default width: the arguments checkpoints always had
+    wide = model_args("residual", 10, 0.0, width=1.5)
+    assert wide["widths"] == [96, 384, 384]
+    model = create("residual", **wide)
+    assert [g.conv3.out_channels for g in model.layers] == [96, 384, 384] and model.embed(
+        torch.randn(2, 3, 32, 32)).shape == (2, 384)
 
 
 def test_stochastic_depth_is_the_identity_at_eval_and_drops_its_share_in_training():
@@ -84,6 +93,8 @@ def test_dropblock_drops_square_blocks_at_about_its_rate_and_is_the_identity_at_
     (["--dropblock", "0.1"], "--dropblock regularizes the residual network's groups; simplecnn has no place"),
     (["--model", "residual", "--drop-path", "1"], "--drop-path is a probability and must be in [0, 1)"),
     (["--model", "residual", "--dropblock-size", "0"], "--dropblock-size is a block's side in pixels"),
+    (["--model", "airbench", "--width", "1.5"], "--width sets the residual network's channels; airbench has a fixed"),
+    (["--model", "residual", "--width", "0"], "--width multiplies the residual network's channels, from 0.25 to 4"),
     (["--model", "residual", "--recipe", "robust"], "recipe 'robust' belongs to simplecnn, airbench; residual's"),
 ])
 def test_bad_regularizer_flags_and_a_recipe_it_lacks_are_one_sentence_and_exit_2(argv, message, capsys, tmp_path):
@@ -104,7 +115,7 @@ def residual_run(real_subset, tmp_path_factory):
     # Flip TTA only (not airbench's six views, tested in tests/test_airbench.py): the export below runs every graph
     # over the subset several times.
     assert run_training("--model", "residual", "--data", str(real_subset), "--epochs", "2", "--batch-size", "64",
-                        "--drop-path", "0.1", "--dropblock", "0.1", "--tta-translate", "0",
+                        "--drop-path", "0.1", "--dropblock", "0.1", "--tta-translate", "0", "--width", "0.5",
                         "--checkpoint-dir", str(out), "--quiet") == 0
     return out
 
@@ -114,7 +125,9 @@ def test_a_brief_run_stores_its_regularizers(residual_run):
     # tests/test_ensemble.py, whose graphs run it whole; the airbench path it shares is tests/test_airbench.py's.
     ckpt = load_checkpoint(residual_run / "best.pt")
     assert ckpt.arch == "residual" and ckpt.config["epochs"] == 2
-    assert ckpt.model_args == {"num_classes": 10, "drop_path": 0.1, "dropblock": 0.1, "dropblock_size": 3}
+    # --width 0.5: the channels travel in the checkpoint, so export and --teacher rebuild the narrower network.
+    assert ckpt.model_args == {"num_classes": 10, "drop_path": 0.1, "dropblock": 0.1, "dropblock_size": 3,
+                               "widths": [32, 128, 128]}
 
 
 def test_the_residual_network_teaches_simplecnn(residual_run, real_subset, tmp_path):

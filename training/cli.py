@@ -85,6 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     a.add_argument("--dropblock", type=float, metavar="P",
                    help="residual network: DropBlock, about P of the first two groups' positions dropped in blocks")
     a.add_argument("--dropblock-size", type=int, metavar="PX", help="DropBlock's block side (default 3)")
+    a.add_argument("--width", type=float, metavar="W",
+                   help="residual network: each group's channels (64/256/256) times W, rounded to a multiple of 8 "
+                   "(default 1; the time grows with W squared)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction,
                    help="evaluate on each image and its mirror (averaged logits)")
     p.add_argument("--tta-translate", type=int, metavar="PX",

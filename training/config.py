@@ -75,6 +75,9 @@ class TrainConfig:
     drop_path: float = 0.0
     dropblock: float = 0.0
     dropblock_size: int = 3
+    # The residual network's width: each group's channels (64/256/256) times this, rounded to a multiple of 8
+    # (1.5: 96/384/384, about airbench95's; 2: 128/512/512). Multiply-adds grow with its square.
+    width: float = 1.0
     # Random crop: `crop_padding` pixels of zeros ("zeros", the report's) or of mirrored image ("reflect").
     crop_padding: int = 4
     pad_mode: str = "zeros"
@@ -205,7 +208,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is. At 10 epochs
     # --drop-path 0.1 measured 0.3 points below it and --dropblock 0.1 0.5 below (one seed each), so both stay off;
-    # width and epochs are not measured yet (docs/training.md, "Networks").
+    # 16 epochs measured 0.2 points above it for 1.5x the time (one seed), so 10 stay; width is not measured
+    # (docs/training.md, "Networks").
     "residual": {"default": dict(AIRBENCH)},
 }
 RECIPE_NAMES = tuple(dict.fromkeys(name for recipes in RECIPES.values() for name in recipes))
@@ -286,6 +290,11 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) and cfg.model != "residual":
             raise ConfigError(f"{flag} regularizes the residual network's groups; {cfg.model} has no place for it "
                               "(use --model residual)")
+    if not 0.25 <= cfg.width <= 4.0:
+        raise ConfigError(f"--width multiplies the residual network's channels, from 0.25 to 4, got {cfg.width}")
+    if cfg.width != 1.0 and cfg.model != "residual":
+        raise ConfigError(f"--width sets the residual network's channels; {cfg.model} has a fixed width "
+                          "(use --model residual)")
     if not 1 <= cfg.dropblock_size <= 15:
         raise ConfigError(f"--dropblock-size is a block's side in pixels, from 1 to 15, got {cfg.dropblock_size}")
     if cfg.tta_translate and not cfg.tta_flip:

@@ -185,7 +185,7 @@ def start_run(cfg: TrainConfig, opts: RunOptions, info: DistInfo, device: torch.
     teacher, teacher_info = load_teacher(cfg, train_set, device)
     torch.manual_seed(cfg.seed)
     args = models.model_args(cfg.model, len(train_set.classes), cfg.dropout, cfg.drop_path, cfg.dropblock,
-                             cfg.dropblock_size)
+                             cfg.dropblock_size, cfg.width)
     model = models.create(cfg.model, **args)
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     if opts.resume is None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .airbench import AirbenchNet
-from .residual import ResidualNet
+from .residual import DEFAULT_WIDTHS, ResidualNet
 from .simplecnn import SimpleCNN
 
 # name -> class; a checkpoint records the name ("arch") and the keyword arguments ("model_args").
@@ -23,13 +23,16 @@ def create(arch: str, **model_args: Any) -> nn.Module:
 
 
 def model_args(arch: str, num_classes: int, dropout: float, drop_path: float = 0.0, dropblock: float = 0.0,
-               dropblock_size: int = 3) -> dict[str, Any]:
+               dropblock_size: int = 3, width: float = 1.0) -> dict[str, Any]:
     """The keyword arguments a run builds its network with (and stores in its checkpoints)."""
     if arch == "simplecnn":
         return {"num_classes": num_classes, "dropout": dropout}
     if arch == "residual":
-        return {"num_classes": num_classes, "drop_path": drop_path, "dropblock": dropblock,
-                "dropblock_size": dropblock_size}
+        args: dict[str, Any] = {"num_classes": num_classes, "drop_path": drop_path, "dropblock": dropblock,
+                                "dropblock_size": dropblock_size}
+        if width != 1.0:  # checkpoints of the default width keep the arguments they always had
+            args["widths"] = [max(8, int(round(w * width / 8)) * 8) for w in DEFAULT_WIDTHS]
+        return args
     return {"num_classes": num_classes}
 
 

@@ -70,10 +70,13 @@ class ResidualGroup(ConvGroup):
         return self.activ(x0 + drop_path(branch, self.drop_path, self.training))
 
 
+DEFAULT_WIDTHS = (64, 256, 256)  # airbench94's
+
+
 class ResidualNet(AirbenchNet):
     """Input: float [N, 3, 32, 32], already normalized. Output: logits [N, num_classes]."""
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.4,
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = DEFAULT_WIDTHS, bn_momentum: float = 0.4,
                  logit_scale: float = 1 / 9, drop_path: float = 0.0, dropblock: float = 0.0, dropblock_size: int = 3):
         super().__init__(num_classes, widths, bn_momentum, logit_scale)
         w1, w2, w3 = widths
