@@ -40,7 +40,7 @@ def load_test_images(data: Path, classes: list[str], count: int, seed: int) -> t
     return images, np.array([samples[i][1] for i in pick])
 
 
-def accuracy(session, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+def accuracy(session, images: np.ndarray, labels: np.ndarray, batch: int = 100) -> float:
     correct = 0
     for lo in range(0, len(images), batch):
         probs = session.run(["probabilities"], {"image": images[lo:lo + batch]})[0]  # [B, C]
