@@ -119,7 +119,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set(xlabel="served requests/s, POST /classify, 32 clients (log scale)", ylabel="test accuracy (%)",
            title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.margins(x=0.08, y=0.2)  # headroom for the labels moved up
+    ax.margins(x=0.08, y=0.3)  # headroom for the labels moved up
     ax.autoscale_view()
     fig.tight_layout()
     # The SimpleCNN rows sit within a few percent of each other on both axes: each label moves up, in 11-point
