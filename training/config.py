@@ -208,8 +208,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # The residual network (airbench96's design at airbench94's width): airbench's recipe as it is. At 10 epochs
     # --drop-path 0.1 measured 0.3 points below it and --dropblock 0.1 0.5 below (one seed each), so both stay off;
-    # 16 epochs measured 0.2 points above it for 1.5x the time (one seed), so 10 stay; width is not measured
-    # (docs/training.md, "Networks").
+    # 16 epochs measured 0.2 points above it for 1.5x the time (one seed), so 10 stay; --width 1.5 measured 0.7
+    # above for about 1.8x the time (one seed, docs/training.md "Networks"): width 1 stays until a second seed.
     "residual": {"default": dict(AIRBENCH)},
 }
 RECIPE_NAMES = tuple(dict.fromkeys(name for recipes in RECIPES.values() for name in recipes))
